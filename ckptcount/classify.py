@@ -1,0 +1,130 @@
+"""Which tensors are parameters, which are weights or biases, and which component and layer each belongs to.
+
+Role tables in the style of llama.cpp's gguf-py ``tensor_mapping.py``: the ``.weight``/``.bias`` suffix is split off
+first, the layer index is the integer after ``h|layers|layer|blocks|block|blk``, and each row names the families it
+was written for. Shape and dtype decide where names lie: GPT-2's ``h.N.attn.bias`` is a 4-D causal mask, not a bias.
+Rows are tried in order; the first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from .records import (
+    ATTENTION,
+    BIAS,
+    BUFFER,
+    MLP,
+    NON_FLOAT_DTYPES,
+    NORM,
+    OTHER,
+    OTHER_EMBEDDING,
+    OUTPUT_HEAD,
+    POSITION_EMBEDDING,
+    TOKEN_EMBEDDING,
+    WEIGHT,
+    Classified,
+    TensorRecord,
+)
+
+LAYER = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|blk)\.(\d+)(?:\.|$)")
+STACK = re.compile(r"(?:^|\.)(encoder|decoder|vision_model|text_model|vision_tower)\.")
+
+# (pattern on the full name, why it is a buffer). Checked before anything else, after the dtype rule.
+BUFFER_ROWS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"(?:^|\.)(?:attn|attention)\.bias$"), "causal mask"),  # gpt2, gpt-j, gpt-neo, gpt-neox (rank > 1)
+    (re.compile(r"(?:^|\.)masked_bias$"), "causal mask"),  # gpt2, gpt-j, gpt-neox (scalar -1e4)
+    (re.compile(r"(?:^|\.)(?:position_ids|token_type_ids)$"), "position/token-type ids"),  # bert, roberta, clip
+    (re.compile(r"(?:^|\.)(?:inv_freq|cos_cached|sin_cached|_float_tensor)$"), "rotary/sinusoid cache"),  # llama<4.31, neox, fairseq
+    (re.compile(r"(?:^|\.)(?:running_mean|running_var|num_batches_tracked)$"), "batchnorm statistics"),  # resnet, convnext
+)
+
+# (pattern on the stem: the name without its last '.weight'/'.bias', component). Order matters.
+COMPONENT_ROWS: tuple[tuple[re.Pattern, str], ...] = (
+    # token embedding: gpt2/neo/j `wte`, llama/mistral/qwen2 `embed_tokens`, bert/roberta `word_embeddings`,
+    # t5 `shared`, neox `embed_in`, meta-llama `tok_embeddings`, gguf `token_embd`, mamba `embeddings`
+    (re.compile(r"(?:^|\.)(?:wte|embed_tokens|word_embeddings|shared|embed_in|tok_embeddings|token_embd|embeddings)$"), TOKEN_EMBEDDING),
+    # position embedding: gpt2/neo `wpe`, bert `position_embeddings`, opt/bart `embed_positions`
+    (re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions|position_embedding)$"), POSITION_EMBEDDING),
+    # other embedding tables: bert `token_type_embeddings`, t5 `relative_attention_bias`
+    (re.compile(r"(?:^|\.)(?:token_type_embeddings|relative_attention_bias)$"), OTHER_EMBEDDING),
+    # norms: gpt2 `ln_1/ln_2/ln_f`, llama `input_layernorm/post_attention_layernorm/norm`, bert `LayerNorm`,
+    # t5 `layer_norm/final_layer_norm`, neox `input_layernorm/final_layer_norm`, qwen3 `q_norm/k_norm`, gguf `*_norm`
+    (re.compile(r"(?:^|\.)(?:ln_\w+|ln|[\w]*norm[\w]*|[\w]*Norm[\w]*)$"), NORM),
+    # output head: `lm_head` (most), neox `embed_out`, bert `cls.predictions.*`, roberta `lm_head.dense/decoder`,
+    # meta-llama / gguf `output`
+    (re.compile(r"^(?:lm_head(?:\..+)?|embed_out|cls\.predictions(?:\..+)?|(?:model\.)?output)$"), OUTPUT_HEAD),
+    # attention: gpt2 `attn.c_attn/c_proj`, llama `self_attn.{q,k,v,o}_proj`, bert `attention.self.{query,key,value}`
+    # and `attention.output.dense`, t5 `SelfAttention/EncDecAttention.{q,k,v,o}`, neox `attention.query_key_value`,
+    # gguf `attn_q/attn_k/attn_v/attn_output`
+    (re.compile(r"(?:^|\.)(?:attn|self_attn|attention|SelfAttention|EncDecAttention|cross_attn|encoder_attn|attn_\w+)(?:\.|$)"), ATTENTION),
+    # mlp: gpt2 `mlp.c_fc/c_proj`, llama `mlp.{gate,up,down}_proj`, bert `intermediate.dense` and `output.dense`,
+    # t5 `DenseReluDense.{wi,wo}`, mixtral `block_sparse_moe`, gguf `ffn_*`, opt/bart `fc1/fc2`
+    (re.compile(r"(?:^|\.)(?:mlp|ffn|ffn_\w+|feed_forward|DenseReluDense|intermediate|output\.dense|block_sparse_moe|experts|fc1|fc2|c_fc)(?:\.|$)"), MLP),
+)
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """``"h.0.attn.c_attn.weight"`` -> ``("h.0.attn.c_attn", "weight")``; names not ending in weight/bias keep whole."""
+    stem, dot, last = name.rpartition(".")
+    return (stem, last) if dot and last in ("weight", "bias") else (name, "")
+
+
+def layer_of(name: str) -> str | None:
+    m = LAYER.search(name)
+    if not m:
+        return None
+    stack = STACK.search(name[: m.start() + 1])
+    return f"{stack.group(1)}.{m.group(1)}" if stack else m.group(1)
+
+
+def buffer_reason(t: TensorRecord) -> str | None:
+    """Why ``t`` is not a trainable parameter, or None when it is one."""
+    if t.dtype in NON_FLOAT_DTYPES:
+        return f"{t.dtype} tensor (integer/bool tensors are never parameters)"
+    for pattern, reason in BUFFER_ROWS:
+        if pattern.search(t.name):
+            # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
+            if reason == "causal mask" and t.name.endswith(".bias") and len(t.shape) == 1 and "masked_bias" not in t.name:
+                continue
+            return reason
+    return None
+
+
+def component_of(name: str) -> str | None:
+    stem, _ = split_suffix(name)
+    for pattern, component in COMPONENT_ROWS:
+        if pattern.search(stem):
+            return component
+    return None
+
+
+def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Classified, ...]:
+    """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
+
+    Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
+    Linear's bias always sits next to its weight matrix); anything else is ``other``.
+    """
+    ranks: dict[str, int] = defaultdict(int)
+    for t in tensors:
+        stem, _ = split_suffix(t.name)
+        ranks[stem] = max(ranks[stem], len(t.shape))
+    out = []
+    for t in tensors:
+        reason = buffer_reason(t)
+        layer = layer_of(t.name)
+        if reason is not None:
+            out.append(Classified(t, BUFFER, None, layer, reason))
+            continue
+        stem, _ = split_suffix(t.name)
+        kind = BIAS if len(t.shape) == 1 and t.name.endswith("bias") else WEIGHT
+        component = component_of(t.name)
+        why = "name"
+        if component is None:
+            if len(t.shape) <= 1 and ranks[stem] <= 1:
+                component, why = NORM, "vector without a matrix beside it"
+            else:
+                component, why = OTHER, "no row matched"
+        out.append(Classified(t, kind, component, layer, why))
+    return tuple(out)

@@ -1,0 +1,55 @@
+"""The command line: options -> library call -> render. Nothing here counts or parses.
+
+Exit codes: 0 every target counted; 1 a target was invalid, unreadable or missing (its error is one line on stderr,
+the other targets are still reported); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import __version__
+from .api import audit_many
+from .errors import EXIT_INVALID, EXIT_OK, CkptError
+from .report import safe, to_json, to_markdown, to_table
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True, help="Output format.")
+@click.option("--layers", is_flag=True, help="Add parameters per layer.")
+@click.option("--tensors", is_flag=True, help="JSON: add every tensor with its classification.")
+@click.version_option(__version__, prog_name="ckptcount")
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool) -> None:
+    """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
+
+    TARGETS are .safetensors files, directories holding one, or sharded directories with a
+    model.safetensors.index.json. Several targets are shown side by side.
+    """
+    results = audit_many(list(targets))
+    for r in results:
+        if isinstance(r, CkptError):
+            click.echo(f"Error: {safe(str(r))}", err=True)
+    if fmt == "json":
+        click.echo(to_json(results, tensors=tensors, layers=layers))
+    elif fmt == "markdown":
+        text = to_markdown(results, layers=layers)
+        if text:
+            click.echo(text)
+    else:
+        out = click.get_text_stream("stdout")
+        color = out.isatty() and "NO_COLOR" not in os.environ
+        text = to_table(results, layers=layers, color=color, width=_width() if color else None)
+        if text:
+            click.echo(text)
+    sys.exit(EXIT_INVALID if any(isinstance(r, CkptError) for r in results) else EXIT_OK)
+
+
+def _width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 200

@@ -1,0 +1,116 @@
+"""Totals from classified tensors and tie groups. Pure: no I/O, testable on hand-built records."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from .classify import component_of
+from .records import (
+    BIAS,
+    BUFFER,
+    COMPONENTS,
+    EMBEDDING_COMPONENTS,
+    POSITION_EMBEDDING,
+    TOKEN_EMBEDDING,
+    BufferGroup,
+    Classified,
+    Counts,
+    DtypeTally,
+    Tally,
+    TieGroup,
+)
+
+
+def _add(d: dict, key, elements: int, nbytes: int | None = None) -> None:
+    old = d.get(key)
+    if nbytes is None:
+        d[key] = Tally((old.tensors if old else 0) + 1, (old.elements if old else 0) + elements)
+    else:
+        d[key] = DtypeTally(
+            (old.tensors if old else 0) + 1, (old.elements if old else 0) + elements, (old.bytes if old else 0) + nbytes
+        )
+
+
+def counted_names(ties: tuple[TieGroup, ...]) -> tuple[set[str], dict[str, str]]:
+    """Stored names left out of the parameter count (tied duplicates), and component overrides for tied tensors.
+
+    In a group a loader ties, the first stored member (the token embedding when there is one) is counted and the other
+    stored members are duplicates. A group that holds the token embedding counts as the token embedding, even when
+    the file keeps it under the head's name (``save_model`` keeps the lexicographically first name, e.g. ``lm_head``).
+    """
+    dropped: set[str] = set()
+    override: dict[str, str] = {}
+    for g in ties:
+        if g.counted_once:
+            dropped.update(g.stored[1:])
+        if any(component_of(n) == TOKEN_EMBEDDING for n in g.names):
+            override.update({n: TOKEN_EMBEDDING for n in g.names})
+    return dropped, override
+
+
+def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Counts:
+    """Parameters = every float tensor that is not a buffer, each name once, each tied group once.
+
+    Nothing else is subtracted. ``untied_parameters`` adds back one copy per extra name of each tied group: the count
+    if every tied name were its own tensor (gpt2: + vocab x d). Non-embedding counts follow two published conventions:
+    nanoGPT's ``get_num_params`` subtracts the position embedding only; transformers'
+    ``num_parameters(exclude_embeddings=True)`` subtracts every embedding table (token, position, token type...).
+    """
+    dropped, override = counted_names(ties)
+    seen: set[str] = set()
+    parameters = stored = buffer_elements = 0
+    weights = biases = Tally()
+    by_component: dict = {}
+    by_layer: dict = {}
+    by_dtype: dict = {}
+    buffers: dict[str, list] = {}
+    numel = {}
+    for c in classified:
+        t = c.tensor
+        n = t.numel
+        numel.setdefault(t.name, n)
+        stored += n
+        _add(by_dtype, t.dtype, n, t.nbytes)
+        if c.kind == BUFFER:
+            buffer_elements += n
+            buffers.setdefault(c.reason, []).append(t)
+            continue
+        if t.name in dropped or t.name in seen:
+            continue
+        seen.add(t.name)
+        parameters += n
+        if c.kind == BIAS:
+            biases = Tally(biases.tensors + 1, biases.elements + n)
+        else:
+            weights = Tally(weights.tensors + 1, weights.elements + n)
+        _add(by_component, override.get(t.name, c.component), n)
+        if c.layer is not None:
+            _add(by_layer, c.layer, n)
+    untied = parameters + sum((len(g.names) - 1) * numel[g.stored[0]] for g in ties if g.counted_once and g.stored)
+    component = {k: by_component.get(k, Tally()) for k in COMPONENTS}
+    embedding = sum(component[k].elements for k in EMBEDDING_COMPONENTS)
+    return Counts(
+        parameters=parameters,
+        stored_elements=stored,
+        buffer_elements=buffer_elements,
+        untied_parameters=untied,
+        weights=weights,
+        biases=biases,
+        by_component=MappingProxyType(component),
+        by_layer=MappingProxyType(dict(sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0])))),
+        by_dtype=MappingProxyType(dict(sorted(by_dtype.items()))),
+        buffers=tuple(
+            BufferGroup(reason, len(ts), sum(t.numel for t in ts), tuple(t.name for t in ts)) for reason, ts in buffers.items()
+        ),
+        non_embedding=MappingProxyType(
+            {
+                "nanogpt": parameters - component[POSITION_EMBEDDING].elements,
+                "transformers": parameters - embedding,
+            }
+        ),
+    )
+
+
+def _layer_key(layer: str) -> tuple:
+    stack, _, index = layer.rpartition(".")
+    return (stack, int(index))

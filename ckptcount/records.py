@@ -1,0 +1,195 @@
+"""Frozen records that flow between the stages: readers -> classify -> tying -> count -> report.
+
+Nothing here does I/O. Every stage after the byte readers is a pure function of these records, so each can be tested
+on records built by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from types import MappingProxyType
+from typing import Mapping
+
+# Bits per element of every dtype the safetensors format defines (safetensors/src/tensor.rs, Dtype::bitsize).
+DTYPE_BITS: Mapping[str, int] = MappingProxyType(
+    {
+        "BOOL": 8,
+        "F4": 4,
+        "F6_E2M3": 6,
+        "F6_E3M2": 6,
+        "U8": 8,
+        "I8": 8,
+        "F8_E5M2": 8,
+        "F8_E4M3": 8,
+        "F8_E8M0": 8,
+        "F8_E4M3FNUZ": 8,
+        "F8_E5M2FNUZ": 8,
+        "I16": 16,
+        "U16": 16,
+        "F16": 16,
+        "BF16": 16,
+        "I32": 32,
+        "U32": 32,
+        "F32": 32,
+        "C64": 64,
+        "F64": 64,
+        "I64": 64,
+        "U64": 64,
+    }
+)
+
+# Integer and boolean tensors are never trainable parameters (torch refuses requires_grad on them).
+NON_FLOAT_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor as a header declares it. Offsets are relative to the file's data section, end exclusive."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    begin: int = 0
+    end: int = 0
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)  # prod(()) == 1: a rank-0 scalar is one element
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BITS[self.dtype] // 8
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file that was read: its size, how many header bytes were read, and what the header declared."""
+
+    path: str  # as shown to the user (relative to the target where possible)
+    size: int
+    header_bytes: int  # N, the JSON header length; bytes read = 8 + N
+    tensors: int
+    header_only: bool  # the file is exactly 8 + N bytes: a saved header without data
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def bytes_read(self) -> int:
+        return 8 + self.header_bytes
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something worth telling the user that does not stop the count (index disagreements, unreferenced shards...)."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything the readers learned about one target, before any interpretation."""
+
+    target: str
+    format: str
+    files: tuple[FileRecord, ...]
+    tensors: tuple[TensorRecord, ...]  # every tensor of every file, in file order
+    config: Mapping | None = None  # config.json, when the target has one
+    config_file: str | None = None
+    findings: tuple[Finding, ...] = ()
+    index_metadata: Mapping = field(default_factory=lambda: MappingProxyType({}))  # a sharded index's "metadata"
+
+
+# Components, in report order.
+TOKEN_EMBEDDING = "token_embedding"
+POSITION_EMBEDDING = "position_embedding"
+OTHER_EMBEDDING = "other_embedding"
+ATTENTION = "attention"
+MLP = "mlp"
+NORM = "norm"
+OUTPUT_HEAD = "output_head"
+OTHER = "other"
+COMPONENTS = (TOKEN_EMBEDDING, POSITION_EMBEDDING, OTHER_EMBEDDING, ATTENTION, MLP, NORM, OUTPUT_HEAD, OTHER)
+EMBEDDING_COMPONENTS = frozenset({TOKEN_EMBEDDING, POSITION_EMBEDDING, OTHER_EMBEDDING})
+
+WEIGHT = "weight"
+BIAS = "bias"
+BUFFER = "buffer"
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A tensor with its interpretation: parameter or buffer, weight or bias, component and layer."""
+
+    tensor: TensorRecord
+    kind: str  # WEIGHT | BIAS | BUFFER
+    component: str | None  # one of COMPONENTS for parameters; None for buffers
+    layer: str | None  # "3", "encoder.3", "decoder.11" ...; None outside the layer stack
+    reason: str  # why: the table row or rule that decided it
+
+    @property
+    def is_parameter(self) -> bool:
+        return self.kind != BUFFER
+
+
+@dataclass(frozen=True)
+class TieGroup:
+    """Names that are one tensor in the model, and the evidence that says so.
+
+    ``stored`` are the members present in the files. ``counted_once`` says whether the parameter count keeps only one
+    of the stored members (true for evidence a loader acts on; false for a mere candidate).
+    """
+
+    names: tuple[str, ...]
+    evidence: str
+    stored: tuple[str, ...]
+    counted_once: bool = True
+
+
+@dataclass(frozen=True)
+class Tally:
+    tensors: int = 0
+    elements: int = 0
+
+
+@dataclass(frozen=True)
+class DtypeTally:
+    tensors: int = 0
+    elements: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BufferGroup:
+    """Non-parameter tensors of one kind (causal masks, position ids...), with their names."""
+
+    reason: str
+    tensors: int
+    elements: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Counts:
+    parameters: int
+    stored_elements: int
+    buffer_elements: int
+    untied_parameters: int  # what the count would be if every tied name were stored separately
+    weights: Tally
+    biases: Tally
+    by_component: Mapping[str, Tally]
+    by_layer: Mapping[str, Tally]
+    by_dtype: Mapping[str, DtypeTally]
+    buffers: tuple[BufferGroup, ...]
+    non_embedding: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The whole answer for one target."""
+
+    checkpoint: Checkpoint
+    classified: tuple[Classified, ...]
+    ties: tuple[TieGroup, ...]
+    counts: Counts

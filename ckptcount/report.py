@@ -1,0 +1,201 @@
+"""Render reports: JSON (the contract), a side-by-side table, or Markdown. Pure functions of :class:`Report`.
+
+Tensor names are untrusted input: every name is passed through :func:`safe` (control characters escaped) and table
+cells are plain ``rich.text.Text``, so markup in a name is printed, never interpreted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+from .errors import CkptError
+from .records import COMPONENTS, Report
+
+SCHEMA_VERSION = 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """Escape control and bidi-override characters so an untrusted name prints on one line, as itself."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100 * part / whole, 3) if whole else 0.0
+
+
+def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) -> dict:
+    ck, c = report.checkpoint, report.counts
+    d: dict = {
+        "target": ck.target,
+        "format": ck.format,
+        "files": [
+            {
+                "path": f.path,
+                "bytes": f.size,
+                "header_bytes": f.header_bytes,
+                "bytes_read": f.bytes_read,
+                "tensors": f.tensors,
+                "header_only": f.header_only,
+            }
+            for f in ck.files
+        ],
+        "config": ck.config_file,
+        "parameters": c.parameters,
+        "stored_elements": c.stored_elements,
+        "buffer_elements": c.buffer_elements,
+        "untied_parameters": c.untied_parameters,
+        "weights": {"tensors": c.weights.tensors, "elements": c.weights.elements, "percent": _pct(c.weights.elements, c.parameters)},
+        "biases": {"tensors": c.biases.tensors, "elements": c.biases.elements, "percent": _pct(c.biases.elements, c.parameters)},
+        "non_embedding": {
+            "nanogpt": {"parameters": c.non_embedding["nanogpt"], "subtracts": "position embeddings"},
+            "transformers": {"parameters": c.non_embedding["transformers"], "subtracts": "all embedding tables"},
+        },
+        "by_component": {k: {"tensors": v.tensors, "elements": v.elements} for k, v in c.by_component.items()},
+        "by_dtype": {k: {"tensors": v.tensors, "elements": v.elements, "bytes": v.bytes} for k, v in c.by_dtype.items()},
+        "buffers": [{"kind": b.reason, "tensors": b.tensors, "elements": b.elements, "names": list(b.names)} for b in c.buffers],
+        "ties": [
+            {"names": list(g.names), "stored": list(g.stored), "evidence": g.evidence, "counted_once": g.counted_once}
+            for g in report.ties
+        ],
+        "findings": [{"kind": f.kind, "message": f.message} for f in ck.findings],
+    }
+    if layers:
+        d["by_layer"] = {k: {"tensors": v.tensors, "elements": v.elements} for k, v in c.by_layer.items()}
+    if tensors:
+        d["tensors"] = [
+            {
+                "name": x.tensor.name,
+                "file": x.tensor.file,
+                "dtype": x.tensor.dtype,
+                "shape": list(x.tensor.shape),
+                "elements": x.tensor.numel,
+                "kind": x.kind,
+                "component": x.component,
+                "layer": x.layer,
+                "reason": x.reason,
+            }
+            for x in report.classified
+        ]
+    return d
+
+
+def to_json(results: list[Report | CkptError], *, tensors: bool = False, layers: bool = False) -> str:
+    targets = [
+        {"target": r.where or "", "error": str(r), "error_kind": r.kind} if isinstance(r, CkptError) else target_dict(r, tensors=tensors, layers=layers)
+        for r in results
+    ]
+    return json.dumps({"schema_version": SCHEMA_VERSION, "targets": targets}, indent=2, ensure_ascii=False)
+
+
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def _label(target: str) -> str:
+    return target.rstrip("/").rsplit("/", 1)[-1] or target
+
+
+def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
+    """(label, value) rows for one target; the table and Markdown renderers line these up side by side."""
+    ck, c = report.checkpoint, report.counts
+    files = ", ".join(safe(f.path) + (" (header only)" if f.header_only else "") for f in ck.files)
+    if len(ck.files) > 3:
+        files = f"{len(ck.files)} files" + (" (header only)" if all(f.header_only for f in ck.files) else "")
+    buffers = ", ".join(f"{b.tensors} {b.reason}" for b in c.buffers) or "none"
+    out = [
+        ("files", files),
+        ("parameters", _n(c.parameters)),
+        ("stored elements", _n(c.stored_elements)),
+        ("buffer elements", f"{_n(c.buffer_elements)} ({buffers})" if c.buffers else "0"),
+        ("weights", f"{_n(c.weights.elements)} ({_pct(c.weights.elements, c.parameters):.3f}%)"),
+        ("biases", f"{_n(c.biases.elements)} ({_pct(c.biases.elements, c.parameters):.3f}%) in {c.biases.tensors} tensors"),
+        ("non-embedding (nanoGPT: - position)", _n(c.non_embedding["nanogpt"])),
+        ("non-embedding (transformers: - all embeddings)", _n(c.non_embedding["transformers"])),
+        ("if tied tensors were untied", _n(c.untied_parameters)),
+    ]
+    for k in COMPONENTS:
+        out.append((f"  {k.replace('_', ' ')}", _n(c.by_component[k].elements)))
+    for dtype, v in c.by_dtype.items():
+        out.append((f"bytes {dtype}", _n(v.bytes)))
+    ties = "; ".join(" = ".join(safe(n) for n in g.names) for g in report.ties)
+    out.append(("ties", ties or "none"))
+    if layers:
+        for layer, v in c.by_layer.items():
+            out.append((f"  layer {layer}", _n(v.elements)))
+    return out
+
+
+def notes(report: Report) -> list[str]:
+    """Lines under the table: each tie's evidence and each finding."""
+    label = _label(report.checkpoint.target)
+    out = [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
+    out += [f"{safe(label)}: {f.kind}: {safe(f.message)}" for f in report.checkpoint.findings]
+    return out
+
+
+def _grid(results: list[Report | CkptError], layers: bool) -> tuple[list[str], list[str], list[dict[str, str]]]:
+    labels, columns = [], []
+    order: list[str] = []
+    for r in results:
+        if isinstance(r, CkptError):
+            continue
+        labels.append(safe(_label(r.checkpoint.target)))
+        col = dict(rows(r, layers=layers))
+        columns.append(col)
+        for k in col:
+            if k not in order:
+                order.append(k)
+    return labels, order, columns
+
+
+def to_table(results: list[Report | CkptError], *, layers: bool = False, color: bool = False, width: int | None = None) -> str:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    labels, order, columns = _grid(results, layers)
+    console = Console(width=width or 200, color_system="standard" if color else None, record=False, force_terminal=color, file=_Sink())
+    lines: list[str] = []
+    if labels:
+        table = Table(show_header=True, header_style="bold" if color else None, box=None if not color else None)
+        table.add_column("")
+        for label in labels:
+            table.add_column(Text(label), justify="right")
+        for key in order:
+            table.add_row(Text(key), *(Text(col.get(key, "")) for col in columns))
+        with console.capture() as cap:
+            console.print(table)
+        lines.append(cap.get().rstrip("\n"))
+        extra = [n for r in results if not isinstance(r, CkptError) for n in notes(r)]
+        if extra:
+            lines.append("\n".join(extra))
+    return "\n".join(lines)
+
+
+def to_markdown(results: list[Report | CkptError], *, layers: bool = False) -> str:
+    labels, order, columns = _grid(results, layers)
+    if not labels:
+        return ""
+
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    out = ["| | " + " | ".join(cell(x) for x in labels) + " |", "|---|" + "---:|" * len(labels)]
+    for key in order:
+        out.append(f"| {cell(key.strip())} | " + " | ".join(cell(col.get(key, "")) for col in columns) + " |")
+    extra = [n for r in results if not isinstance(r, CkptError) for n in notes(r)]
+    if extra:
+        out.append("")
+        out += [f"- {cell(n)}" for n in extra]
+    return "\n".join(out)
+
+
+class _Sink:
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,179 @@
+"""Decode and validate a safetensors header without touching tensor data.
+
+Hand-written on purpose: the ``safetensors`` package opens (and maps) the whole file and gives no way to read a header
+from bytes that arrived over HTTP, and huggingface_hub's ``parse_*_safetensors_file_metadata`` validates none of the
+format's rules (offsets, holes, overlaps, duplicate keys, coverage). This module is the checklist of the Rust reference
+validator (safetensors/src/tensor.rs); each rule has its own message, naming the file and the tensor.
+
+The local reader and the Hub reader differ only in how bytes arrive; both end in :func:`parse_header`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, Protocol
+
+from .errors import HeaderError, ReadError
+from .records import DTYPE_BITS, TensorRecord
+
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap
+_U64_MAX = 2**64 - 1
+
+
+class ByteSource(Protocol):
+    """Where bytes come from: a local file or an HTTP range reader."""
+
+    name: str
+
+    def size(self) -> int | None: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Header:
+    header_bytes: int  # N
+    tensors: tuple[TensorRecord, ...]  # in offset order
+    metadata: Mapping[str, str]
+    data_bytes: int  # the data section the tensors span (last end offset)
+    header_only: bool
+
+
+def header_length(first8: bytes, where: str, file_size: int | None) -> int:
+    """N from the first 8 bytes, checked against the cap and (when known) the file size."""
+    if len(first8) < 8:
+        raise HeaderError(where, f"file is {len(first8)} bytes, too short for the 8-byte header length")
+    (n,) = struct.unpack("<Q", first8[:8])
+    if n > MAX_HEADER_BYTES:
+        raise HeaderError(where, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte cap")
+    if file_size is not None and 8 + n > file_size:
+        raise HeaderError(where, f"header length {n} runs past the end of the file ({file_size} bytes)")
+    return n
+
+
+def read_header(source: ByteSource, where: str | None = None) -> Header:
+    """Read exactly the 8-byte length and the N header bytes from ``source``, then validate them."""
+    where = where or source.name
+    size = source.size()
+    n = header_length(source.read(0, 8), where, size)
+    buf = source.read(8, n)
+    if len(buf) != n:
+        raise ReadError(where, f"file ended after {len(buf)} of the {n} header bytes")
+    return parse_header(buf, where, size)
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _decode(buf: bytes, where: str) -> dict:
+    try:
+        text = buf.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HeaderError(where, f"header is not valid UTF-8 (byte {e.start} of {len(buf)})") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _Duplicate as e:
+        raise HeaderError(where, f"header has duplicate key {_q(e.args[0])}") from None
+    except json.JSONDecodeError as e:
+        raise HeaderError(where, f"header is not valid JSON: {e.msg} at byte {e.pos}") from None
+    except RecursionError:
+        raise HeaderError(where, "header JSON is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise HeaderError(where, f"header is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _q(name: str, limit: int = 80) -> str:
+    """Quote an untrusted name for a one-line message: repr escapes control characters; long names are cut."""
+    r = repr(name)
+    return r if len(r) <= limit else r[: limit - 4] + "...'"
+
+
+def _is_uint(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _U64_MAX
+
+
+def _tensor(name: str, info: object, where: str, file: str) -> TensorRecord:
+    if not isinstance(info, dict):
+        raise HeaderError(where, f"tensor {_q(name)} is a JSON {type(info).__name__}, not an object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in info:
+            raise HeaderError(where, f"tensor {_q(name)} has no {key!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise HeaderError(where, f"tensor {_q(name)} has unknown dtype {_q(str(dtype), 40)}")
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        raise HeaderError(where, f"tensor {_q(name)} has invalid shape {_q(json.dumps(shape), 60)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
+        raise HeaderError(where, f"tensor {_q(name)} has invalid data_offsets {_q(json.dumps(offsets), 60)}")
+    begin, end = offsets
+    if end < begin:
+        raise HeaderError(where, f"tensor {_q(name)} has data_offsets [{begin}, {end}] that end before they begin")
+    bits = DTYPE_BITS[dtype]
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel * bits > _U64_MAX:
+            raise HeaderError(where, f"tensor {_q(name)} shape {shape} overflows 64 bits")
+    if numel * bits % 8:
+        raise HeaderError(where, f"tensor {_q(name)} is {numel * bits} bits of {dtype}, not a whole number of bytes")
+    nbytes = numel * bits // 8
+    if end - begin != nbytes:
+        raise HeaderError(where, f"tensor {_q(name)} declares {nbytes} bytes but its offsets span {end - begin}")
+    return TensorRecord(name=name, dtype=dtype, shape=tuple(shape), file=file, begin=begin, end=end)
+
+
+def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None = None) -> Header:
+    """Validate the N header bytes ``buf`` of the file ``where`` (of ``file_size`` bytes, when known).
+
+    Checks, in order: UTF-8; JSON object without duplicate keys; ``__metadata__`` maps strings to strings; each tensor
+    has a known dtype, a shape of non-negative integers, offsets that match its size without overflow; sorted by
+    offset the tensors start at 0 and are contiguous (no hole, no overlap); the data section ends where the file does.
+    A file of exactly 8 + N bytes is a saved header without data ("header only"), counted like the full file.
+    """
+    file = file if file is not None else where
+    obj = _decode(buf, where)
+    metadata = obj.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise HeaderError(where, "__metadata__ must map strings to strings")
+    tensors = [_tensor(name, info, where, file) for name, info in obj.items()]
+    tensors.sort(key=lambda t: (t.begin, t.end))
+    position, previous = 0, None
+    for t in tensors:
+        if t.begin != position:
+            before = f"{_q(previous.name)} ends at {position}" if previous else "the data section starts at 0"
+            gap = t.begin - position
+            what = f"a {gap}-byte hole" if gap > 0 else f"{-gap} bytes of overlap"
+            raise HeaderError(where, f"tensor {_q(t.name)} starts at byte {t.begin} but {before}: {what}")
+        position, previous = t.end, t
+    n = len(buf)
+    header_only = False
+    if file_size is not None:
+        if file_size == 8 + n and position > 0:
+            header_only = True
+        elif file_size != 8 + n + position:
+            raise HeaderError(
+                where, f"tensors span {position} data bytes but the file holds {file_size - 8 - n} after the header"
+            )
+    return Header(
+        header_bytes=n,
+        tensors=tuple(tensors),
+        metadata=MappingProxyType(dict(metadata)),
+        data_bytes=position,
+        header_only=header_only,
+    )
