@@ -1,41 +1,34 @@
-"""Turn a local target (a .safetensors file, a directory, a sharded set) into a :class:`Checkpoint`.
+"""Turn a local target (a checkpoint file, a directory, a sharded set) into a :class:`Checkpoint`.
 
-Reads only headers: for each file the 8-byte length and the N header bytes, nothing else. Shard names from an index
-are untrusted and must stay inside the checkpoint directory.
+Reads only headers. Shard names from an index are untrusted and must stay inside the checkpoint directory; only
+regular files are opened.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from types import MappingProxyType
 
 from .config import parse_config
-from .errors import ShardIndexError, TargetNotFound
-from .records import Checkpoint, FileRecord, Finding, TensorRecord
-from .safetensors_header import Header, read_header
+from .errors import ConfigError, ShardIndexError, TargetNotFound
+from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, format_of, read_file
+from .records import Checkpoint, Finding, TensorRecord
 from .sources import LocalFile, inside
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 MAX_INDEX_BYTES = 100_000_000
-SHARD_PATTERN = re.compile(r".*-\d{5}-of-\d{5}\.safetensors$")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
-def _display(target: str, name: str, is_dir: bool) -> str:
-    return str(Path(target) / name) if is_dir else target
-
-
-def _read_small(path: Path, where: str, limit: int) -> bytes:
+def _read_small(path: Path, where: str, limit: int, error: type = ShardIndexError) -> bytes:
     source = LocalFile(path, where)
     if source.size() > limit:
-        raise ShardIndexError(where, f"file is {source.size()} bytes, over the {limit}-byte limit")
+        raise error(where, f"file is {source.size()} bytes, over the {limit}-byte limit")
     return source.read(0, source.size())
 
 
 def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
-    """The ``weight_map`` (tensor -> shard) and ``metadata`` of a ``*.safetensors.index.json``."""
+    """The ``weight_map`` (tensor -> shard) and ``metadata`` of a sharded checkpoint's ``*.index.json``."""
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -46,28 +39,102 @@ def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
     for name, shard in weight_map.items():
         if not isinstance(shard, str):
             raise ShardIndexError(where, f"weight_map entry {name!r} is not a file name")
+    if not weight_map:
+        raise ShardIndexError(where, "weight_map is empty")
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     return weight_map, metadata
 
 
-def cross_check(weight_map: dict[str, str], headers: dict[str, Header], where: str) -> list[Finding]:
+def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: str) -> list[Finding]:
     """Disagreements between an index and the shard headers it names. Pure: testable on hand-built records."""
     findings: list[Finding] = []
     located: dict[str, list[str]] = {}
-    for shard, header in headers.items():
-        for t in header.tensors:
+    for shard, read in reads.items():
+        for t in read.tensors:
             located.setdefault(t.name, []).append(shard)
     for name, shard in weight_map.items():
         places = located.get(name, [])
         if shard not in places:
             elsewhere = f" (found in {', '.join(places)})" if places else ""
-            findings.append(Finding("index-mismatch", f"{where}: maps {name!r} to {shard} but that shard does not hold it{elsewhere}"))
+            findings.append(Finding("index-mismatch", f"{index} maps {name!r} to {shard} but that shard does not hold it{elsewhere}"))
     for name, places in located.items():
         if len(places) > 1:
             findings.append(Finding("duplicate-tensor", f"tensor {name!r} is stored in {len(places)} shards: {', '.join(places)}"))
         elif name not in weight_map:
-            findings.append(Finding("index-mismatch", f"{where}: does not list {name!r}, stored in {places[0]}"))
+            findings.append(Finding("index-mismatch", f"{index} does not list {name!r}, stored in {places[0]}"))
     return findings
+
+
+def assemble(
+    target: str,
+    reads: dict[str, FileRead],
+    *,
+    config: dict | None,
+    config_file: str | None,
+    index: str | None = None,
+    weight_map: dict[str, str] | None = None,
+    index_meta: dict | None = None,
+    findings: list[Finding] | None = None,
+) -> Checkpoint:
+    """Combine the file reads of one target (local or remote) into a Checkpoint, cross-checking the index."""
+    findings = list(findings or [])
+    for read in reads.values():
+        findings.extend(read.findings)
+    if weight_map is not None and index is not None:
+        findings.extend(cross_check(weight_map, reads, index))
+        total_size = (index_meta or {}).get("total_size")
+        data = sum(t.nbytes for r in reads.values() for t in r.tensors)
+        if isinstance(total_size, int) and total_size != data:
+            findings.append(Finding("index-mismatch", f"{index}: metadata.total_size is {total_size} but the shards hold {data} data bytes"))
+    formats = sorted({r.record.format for r in reads.values()})
+    tensors: list[TensorRecord] = [t for r in reads.values() for t in r.tensors]
+    return Checkpoint(
+        target=target,
+        format="+".join(formats),
+        files=tuple(r.record for r in reads.values()),
+        tensors=tuple(tensors),
+        config=MappingProxyType(config) if config is not None else None,
+        config_file=config_file,
+        findings=tuple(findings),
+        ties=tuple(g for r in reads.values() for g in r.ties),
+        index_metadata=MappingProxyType(dict(index_meta or {})),
+    )
+
+
+def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], list[Finding]]:
+    """Pick what to count among the file names of a directory or repo: (layout, index, files, findings).
+
+    Preference: the first layout (see ``formats.LAYOUTS``) with an index, else its single file, else a lone file or
+    an unindexed shard set of that format. Formats present but not counted are reported as findings.
+    """
+    findings: list[Finding] = []
+    chosen = None
+    for layout in LAYOUTS:
+        of_format = sorted(n for n in names if format_of(n) == layout.format and not n.endswith(".json"))
+        indexes = sorted(n for n in names if layout.index and n.endswith(layout.index.split(".", 1)[1]) and n.endswith(".index.json"))
+        if layout.index in names:
+            pick = (layout, layout.index, [])
+        elif layout.single in names:
+            pick = (layout, None, [layout.single])
+        elif len(indexes) == 1:
+            pick = (layout, indexes[0], [])
+        elif len(of_format) == 1:
+            pick = (layout, None, of_format)
+        elif of_format and all(SHARD_PATTERN.match(n) for n in of_format):
+            pick = (layout, None, of_format)
+            findings.append(Finding("no-index", f"{len(of_format)} {layout.format} shards and no index: counted them all"))
+        elif of_format:
+            raise TargetNotFound(where, f"{len(of_format)} {layout.suffix} files and no index; name one: {', '.join(of_format[:5])}")
+        else:
+            continue
+        if chosen is None:
+            chosen = pick
+        else:
+            findings.append(Finding("ignored-format", f"also holds {layout.format} files ({len(of_format) or 1}): not counted"))
+    if chosen is None:
+        others = sorted(names)[:8]
+        raise TargetNotFound(where, f"no checkpoint file here (holds: {', '.join(others) or 'nothing'})")
+    return chosen[0], chosen[1], chosen[2], findings
 
 
 def load_local(target: str) -> Checkpoint:
@@ -77,86 +144,37 @@ def load_local(target: str) -> Checkpoint:
     is_dir = path.is_dir()
     root = path if is_dir else path.parent
     findings: list[Finding] = []
+    index = weight_map = None
     index_meta: dict = {}
-    weight_map: dict[str, str] | None = None
 
     if is_dir:
-        if (path / INDEX_NAME).exists():
-            index_name = INDEX_NAME
-        elif (path / SINGLE_NAME).exists():
-            index_name = None
-            names = [SINGLE_NAME]
-        else:
-            indexes = sorted(p.name for p in path.glob("*.safetensors.index.json"))
-            found = sorted(p.name for p in path.glob("*.safetensors"))
-            if len(indexes) == 1:
-                index_name = indexes[0]
-            elif len(found) == 1:
-                index_name, names = None, found
-            elif found and all(SHARD_PATTERN.match(n) for n in found):
-                index_name, names = None, found
-                findings.append(Finding("no-index", f"{len(found)} shards and no index: counted them all"))
-            elif found:
-                raise TargetNotFound(target, f"{len(found)} .safetensors files and no index; name one: {', '.join(found[:5])}")
-            else:
-                others = sorted(p.name for p in path.iterdir())[:8]
-                raise TargetNotFound(target, f"no .safetensors file here (holds: {', '.join(others) or 'nothing'})")
+        _, index, names, findings = choose({p.name for p in path.iterdir() if p.is_file()}, target)
+    elif path.name.endswith(".index.json"):
+        index, names = path.name, []
     else:
-        index_name = path.name if path.name.endswith(".index.json") else None
         names = [path.name]
 
-    if index_name is not None:
-        where = _display(target, index_name, is_dir)
-        weight_map, index_meta = parse_index(_read_small(root / index_name, where, MAX_INDEX_BYTES), where)
+    def where(name: str) -> str:
+        return str(root / name) if is_dir or index is not None else target
+
+    if index is not None:
+        weight_map, index_meta = parse_index(_read_small(root / index, where(index), MAX_INDEX_BYTES), where(index))
         names = sorted(set(weight_map.values()))
-        if not names:
-            raise ShardIndexError(where, "weight_map is empty")
         named = set(names)
-        for p in sorted(root.glob("*.safetensors")):
-            if SHARD_PATTERN.match(p.name) and p.name not in named:
-                findings.append(Finding("unreferenced-shard", f"{p.name} is not named by {index_name}: not counted"))
+        for p in sorted(root.iterdir()):
+            if SHARD_PATTERN.match(p.name) and format_of(p.name) == format_of(names[0]) and p.name not in named:
+                findings.append(Finding("unreferenced-shard", f"{p.name} is not named by {index}: not counted"))
 
-    headers: dict[str, Header] = {}
-    files: list[FileRecord] = []
-    tensors: list[TensorRecord] = []
+    reads: dict[str, FileRead] = {}
     for name in names:
-        where = _display(target, name, is_dir or index_name is not None)
-        file_path = inside(root, name, where) if index_name is not None else root / name
-        source = LocalFile(file_path, where)
-        header = read_header(source, where)
-        headers[name] = header
-        tensors.extend(TensorRecord(t.name, t.dtype, t.shape, name, t.begin, t.end) for t in header.tensors)
-        files.append(
-            FileRecord(
-                path=name,
-                size=source.size(),
-                header_bytes=header.header_bytes,
-                tensors=len(header.tensors),
-                header_only=header.header_only,
-                metadata=header.metadata,
-            )
-        )
-
-    if weight_map is not None:
-        findings.extend(cross_check(weight_map, headers, index_name))
-        total_size = index_meta.get("total_size")
-        data = sum(h.data_bytes for h in headers.values())
-        if isinstance(total_size, int) and total_size != data:
-            findings.append(Finding("index-mismatch", f"{index_name}: metadata.total_size is {total_size} but the shards hold {data} data bytes"))
+        file_path = inside(root, name, where(index)) if index is not None else root / name
+        reads[name] = read_file(LocalFile(file_path, where(name)), name, where(name))
 
     config = config_file = None
     if (root / "config.json").is_file():
         config_file = "config.json"
-        where = _display(target, "config.json", True) if is_dir else str(root / "config.json")
-        config = parse_config(_read_small(root / "config.json", where, 16 * 1024 * 1024), where)
+        config = parse_config(_read_small(root / "config.json", where("config.json"), MAX_CONFIG_BYTES, ConfigError), where("config.json"))
 
-    return Checkpoint(
-        target=target,
-        format="safetensors",
-        files=tuple(files),
-        tensors=tuple(tensors),
-        config=MappingProxyType(config) if config is not None else None,
-        config_file=config_file,
-        findings=tuple(findings),
-        index_metadata=MappingProxyType(dict(index_meta)),
+    return assemble(
+        target, reads, config=config, config_file=config_file, index=index, weight_map=weight_map, index_meta=index_meta, findings=findings
     )

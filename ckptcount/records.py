@@ -53,6 +53,8 @@ class TensorRecord:
     file: str
     begin: int = 0
     end: int = 0
+    stored_bytes: int | None = None  # set by formats whose dtype alone does not give the size (GGUF quant blocks)
+    storage: str | None = None  # the storage a tensor views, for formats that share storage (torch zip)
 
     @property
     def numel(self) -> int:
@@ -60,6 +62,8 @@ class TensorRecord:
 
     @property
     def nbytes(self) -> int:
+        if self.stored_bytes is not None:
+            return self.stored_bytes
         return self.numel * DTYPE_BITS[self.dtype] // 8
 
 
@@ -73,10 +77,8 @@ class FileRecord:
     tensors: int
     header_only: bool  # the file is exactly 8 + N bytes: a saved header without data
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def bytes_read(self) -> int:
-        return 8 + self.header_bytes
+    bytes_read: int = 0  # counted by the byte source: 8 + N for safetensors
+    format: str = "safetensors"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Checkpoint:
     config: Mapping | None = None  # config.json, when the target has one
     config_file: str | None = None
     findings: tuple[Finding, ...] = ()
+    ties: tuple["TieGroup", ...] = ()  # ties a reader saw directly (torch zip shared storage); merged by tying
     index_metadata: Mapping = field(default_factory=lambda: MappingProxyType({}))  # a sharded index's "metadata"
 
 

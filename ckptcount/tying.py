@@ -89,6 +89,10 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tup
     by_name = {c.tensor.name: c for c in classified}
     groups = _Groups()
 
+    for g in checkpoint.ties:  # ties a reader saw directly (e.g. shared storage in a torch zip)
+        for other in g.names[1:]:
+            groups.join(g.names[0], other, g.evidence, g.counted_once)
+
     for f in checkpoint.files:
         for dropped, kept in f.metadata.items():
             if kept in stored and dropped not in stored and dropped != kept:

@@ -1,0 +1,74 @@
+"""One entry point per checkpoint file: bytes in (any :class:`ByteSource`, local or remote), a :class:`FileRead` out.
+
+Each format module parses and validates its own header; this module only picks the reader by file name and lists the
+layouts a checkpoint directory (or Hub repo) can have, in the order a loader would prefer them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .records import FileRecord, Finding, TensorRecord, TieGroup
+from .safetensors_header import ByteSource, read_header
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """What one file's header says."""
+
+    record: FileRecord
+    tensors: tuple[TensorRecord, ...]
+    ties: tuple[TieGroup, ...] = ()
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A way a checkpoint is laid out: an index naming shards, or a single file."""
+
+    format: str
+    index: str | None  # e.g. model.safetensors.index.json
+    single: str | None  # e.g. model.safetensors
+    suffix: str  # file suffix of this format, for unindexed shard sets
+
+
+# Preference order when a directory (or repo) holds several formats: safetensors first, as transformers loads it.
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("safetensors", "model.safetensors.index.json", "model.safetensors", ".safetensors"),
+)
+
+SHARD_PATTERN = re.compile(r".*-\d{5}-of-\d{5}\.[A-Za-z0-9]+$")
+
+
+def format_of(name: str) -> str | None:
+    """The format a file name announces, or None."""
+    for layout in LAYOUTS:
+        if name.endswith(layout.suffix) or (layout.index and name.endswith(layout.index.split(".", 1)[1])):
+            return layout.format
+    return None
+
+
+def read_safetensors(source: ByteSource, name: str, where: str) -> FileRead:
+    header = read_header(source, where)
+    tensors = tuple(TensorRecord(t.name, t.dtype, t.shape, name, t.begin, t.end) for t in header.tensors)
+    record = FileRecord(
+        path=name,
+        size=source.size(),
+        header_bytes=header.header_bytes,
+        tensors=len(tensors),
+        header_only=header.header_only,
+        metadata=header.metadata,
+        bytes_read=getattr(source, "bytes_read", 8 + header.header_bytes),
+        format="safetensors",
+    )
+    return FileRead(record, tensors)
+
+
+READERS = {"safetensors": read_safetensors}
+
+
+def read_file(source: ByteSource, name: str, where: str) -> FileRead:
+    """Read one checkpoint file's header with the reader its format needs."""
+    fmt = format_of(name) or "safetensors"
+    return READERS[fmt](source, name, where)
