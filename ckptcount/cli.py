@@ -1,7 +1,7 @@
 """The command line: options -> library call -> render. Nothing here counts or parses.
 
 Exit codes: 0 every target counted; 1 a target was invalid, unreadable or missing (its error is one line on stderr,
-the other targets are still reported); 2 usage error.
+the other targets are still reported); 2 usage error; 3 a preflight check failed; 4 ``--strict`` and findings.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .api import audit_many
-from .errors import EXIT_INVALID, EXIT_OK, CkptError
+from .errors import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, CkptError
 from .report import safe, to_json, to_markdown, to_table
 
 
@@ -22,8 +22,9 @@ from .report import safe, to_json, to_markdown, to_table
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True, help="Output format.")
 @click.option("--layers", is_flag=True, help="Add parameters per layer.")
 @click.option("--tensors", is_flag=True, help="JSON: add every tensor with its classification.")
+@click.option("--strict", is_flag=True, help="Exit 4 when any target has findings.")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are .safetensors files, directories holding one, or sharded directories with a
@@ -45,7 +46,16 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool) -> Non
         text = to_table(results, layers=layers, color=color, width=_width() if color else None)
         if text:
             click.echo(text)
-    sys.exit(EXIT_INVALID if any(isinstance(r, CkptError) for r in results) else EXIT_OK)
+    sys.exit(exit_code(results, strict=strict))
+
+
+def exit_code(results: list, *, strict: bool) -> int:
+    """1 if any target failed; else 4 if --strict and any target has findings; else 0."""
+    if any(isinstance(r, CkptError) for r in results):
+        return EXIT_INVALID
+    if strict and any(r.checkpoint.findings for r in results):
+        return EXIT_FINDINGS
+    return EXIT_OK
 
 
 def _width() -> int:

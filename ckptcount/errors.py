@@ -9,6 +9,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INVALID = 1  # invalid, unreadable or missing input
 EXIT_USAGE = 2  # bad command line (click's own code)
+EXIT_CHECK = 3  # a preflight check failed (--max-size, --fits)
+EXIT_FINDINGS = 4  # --strict and a target has findings (unsafe pickle, index disagreement, tie audit...)
 
 
 class CkptError(Exception):
