@@ -102,6 +102,12 @@ def _q(name: str, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 4] + "...'"
 
 
+def _j(value: object, limit: int = 60) -> str:
+    """An untrusted JSON value for a message: ASCII-escaped, one line, cut when long."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_uint(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _U64_MAX
 
@@ -116,9 +122,9 @@ def _tensor(name: str, info: object, where: str, file: str) -> TensorRecord:
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise HeaderError(where, f"tensor {_q(name)} has unknown dtype {_q(str(dtype), 40)}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-        raise HeaderError(where, f"tensor {_q(name)} has invalid shape {_q(json.dumps(shape), 60)}")
+        raise HeaderError(where, f"tensor {_q(name)} has invalid shape {_j(shape)}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
-        raise HeaderError(where, f"tensor {_q(name)} has invalid data_offsets {_q(json.dumps(offsets), 60)}")
+        raise HeaderError(where, f"tensor {_q(name)} has invalid data_offsets {_j(offsets)}")
     begin, end = offsets
     if end < begin:
         raise HeaderError(where, f"tensor {_q(name)} has data_offsets [{begin}, {end}] that end before they begin")
