@@ -1,0 +1,176 @@
+"""Local targets: directories, sharded sets and their index, and paths that try to leave the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+
+from ckptcount import audit
+from ckptcount.errors import CkptError, HeaderError, ShardIndexError, TargetNotFound, UnsafePath
+from ckptcount.local import cross_check
+from ckptcount.formats import FileRead
+from ckptcount.records import FileRecord, TensorRecord
+
+
+def st_file(tensors: dict[str, tuple[str, list[int]]], metadata=None) -> bytes:
+    """A complete safetensors file (zero data) from {name: (dtype, shape)}."""
+    bits = {"F32": 32, "F16": 16, "I64": 64}
+    header, offset = ({"__metadata__": metadata} if metadata else {}), 0
+    for name, (dtype, shape) in tensors.items():
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * bits[dtype] // 8
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+
+
+def write_sharded(d, shards: dict[str, dict], weight_map: dict[str, str] | None = None, total_size=None):
+    d.mkdir(exist_ok=True)
+    for name, tensors in shards.items():
+        (d / name).write_bytes(st_file(tensors))
+    if weight_map is None:
+        weight_map = {t: name for name, tensors in shards.items() for t in tensors}
+    meta = {} if total_size is None else {"total_size": total_size}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": meta, "weight_map": weight_map}))
+
+
+S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+A = {"a.weight": ("F32", [4, 4])}
+B = {"b.weight": ("F32", [4]), "b.bias": ("F32", [4])}
+
+
+def test_sharded_union_and_index_agreement(tmp_path):
+    write_sharded(tmp_path, {S1: A, S2: B}, total_size=96)
+    r = audit(str(tmp_path))
+    assert r.counts.parameters == 24 and r.checkpoint.findings == ()
+    assert [f.path for f in r.checkpoint.files] == [S1, S2]
+
+
+def test_index_disagreements_are_reported(tmp_path):
+    write_sharded(tmp_path, {S1: {**A, "dup.weight": ("F32", [2])}, S2: {**B, "dup.weight": ("F32", [2])}},
+                  weight_map={"a.weight": S1, "b.weight": S1, "ghost.weight": S2, "dup.weight": S1}, total_size=1)
+    (tmp_path / "model-00003-of-00003.safetensors").write_bytes(st_file(A))
+    r = audit(str(tmp_path))
+    messages = sorted((f.kind, f.message) for f in r.checkpoint.findings)
+    assert messages == [
+        ("duplicate-tensor", "tensor 'dup.weight' is stored in 2 shards: model-00001-of-00002.safetensors, model-00002-of-00002.safetensors"),
+        ("index-mismatch", "model.safetensors.index.json does not list 'b.bias', stored in model-00002-of-00002.safetensors"),
+        ("index-mismatch", "model.safetensors.index.json maps 'b.weight' to model-00001-of-00002.safetensors but that shard does not hold it (found in model-00002-of-00002.safetensors)"),
+        ("index-mismatch", "model.safetensors.index.json maps 'ghost.weight' to model-00002-of-00002.safetensors but that shard does not hold it"),
+        ("index-mismatch", "model.safetensors.index.json: metadata.total_size is 1 but the shards hold 112 data bytes"),
+        ("unreferenced-shard", "model-00003-of-00003.safetensors is not named by model.safetensors.index.json: not counted"),
+    ]
+    # union of the named shards, a tensor stored twice counted once
+    assert r.counts.parameters == 16 + 4 + 4 + 2
+    assert r.counts.stored_elements == 16 + 4 + 4 + 2 + 2
+
+
+def test_cross_check_is_pure():
+    rec = FileRecord("s1", 0, 0, 1, False)
+    reads = {"s1": FileRead(rec, (TensorRecord("x", "F32", (1,), "s1", 0, 4),))}
+    assert cross_check({"x": "s1"}, reads, "idx") == []
+    (f,) = cross_check({"x": "s2"}, reads, "idx")
+    assert f.message == "idx maps 'x' to s2 but that shard does not hold it (found in s1)"
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", "a\\..\\b.safetensors"])
+def test_index_paths_that_leave_the_directory_are_rejected(tmp_path, shard):
+    d = tmp_path / "ckpt"
+    write_sharded(d, {S1: A}, weight_map={"a.weight": shard})
+    (tmp_path / "outside.safetensors").write_bytes(st_file(A))
+    with pytest.raises(UnsafePath, match="leaves the checkpoint directory|not a plain relative path"):
+        audit(str(d))
+
+
+def test_symlinked_shard_outside_the_directory_is_rejected(tmp_path):
+    d = tmp_path / "ckpt"
+    write_sharded(d, {S1: A})
+    (tmp_path / "secret.safetensors").write_bytes(st_file(A))
+    (d / S1).unlink()
+    os.symlink(tmp_path / "secret.safetensors", d / S1)
+    with pytest.raises(UnsafePath, match="resolves outside the checkpoint directory"):
+        audit(str(d))
+
+
+def test_fifo_as_shard_is_refused_without_blocking(tmp_path):
+    d = tmp_path / "ckpt"
+    write_sharded(d, {S1: A})
+    (d / S1).unlink()
+    os.mkfifo(d / S1)
+    with pytest.raises(UnsafePath, match="not a regular file"):
+        audit(str(d))
+
+
+def test_bad_index_json(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": 3}')
+    with pytest.raises(ShardIndexError, match="model.safetensors.index.json: has no 'weight_map' object"):
+        audit(str(tmp_path))
+
+
+def test_invalid_shard_names_the_shard(tmp_path):
+    write_sharded(tmp_path, {S1: A, S2: B})
+    (tmp_path / S2).write_bytes(b"\x05")
+    with pytest.raises(HeaderError, match=rf"{S2}: file is 1 bytes, too short"):
+        audit(str(tmp_path))
+
+
+def test_directory_choices(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TargetNotFound, match="no checkpoint file here"):
+        audit(str(tmp_path / "empty"))
+    with pytest.raises(TargetNotFound, match="no such file or directory"):
+        audit(str(tmp_path / "missing"))
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "a.safetensors").write_bytes(st_file(A))
+    (two / "b.safetensors").write_bytes(st_file(B))
+    with pytest.raises(TargetNotFound, match="2 .safetensors files and no index; name one: a.safetensors, b.safetensors"):
+        audit(str(two))
+    assert audit(str(two / "b.safetensors")).counts.parameters == 8
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "weights.safetensors").write_bytes(st_file(A))
+    assert audit(str(lone)).counts.parameters == 16
+    unindexed = tmp_path / "unindexed"
+    unindexed.mkdir()
+    (unindexed / S1).write_bytes(st_file(A))
+    (unindexed / S2).write_bytes(st_file(B))
+    r = audit(str(unindexed))
+    assert r.counts.parameters == 24 and [f.kind for f in r.checkpoint.findings] == ["no-index"]
+
+
+def test_config_that_is_not_json(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(st_file(A))
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(CkptError, match="config.json: not valid JSON"):
+        audit(str(tmp_path))
+
+
+def test_buffers_by_name_shape_and_dtype(tmp_path):
+    """GPT-Neo/J/NeoX masks, BERT ids, rotary caches and BatchNorm statistics are buffers, not parameters."""
+    tensors = {
+        "gpt_neox.layers.0.attention.bias": ("F32", [1, 1, 4, 4]),
+        "gpt_neox.layers.0.attention.masked_bias": ("F32", []),
+        "gpt_neox.layers.0.attention.rotary_emb.inv_freq": ("F32", [4]),
+        "transformer.h.0.attn.attention.bias": ("F32", [1, 1, 4, 4]),
+        "bert.embeddings.position_ids": ("I64", [1, 8]),
+        "bn.running_mean": ("F32", [3]),
+        "bn.running_var": ("F32", [3]),
+        "bn.num_batches_tracked": ("I64", []),
+        "qwen.layers.0.self_attn.q_proj.bias": ("F32", [4]),
+        "transformer.h.0.attn.attention.out_proj.bias": ("F32", [4]),
+    }
+    (tmp_path / "m.safetensors").write_bytes(st_file(tensors))
+    r = audit(str(tmp_path / "m.safetensors"))
+    kinds = {c.tensor.name: c.kind for c in r.classified}
+    assert [n for n, k in kinds.items() if k != "buffer"] == ["qwen.layers.0.self_attn.q_proj.bias", "transformer.h.0.attn.attention.out_proj.bias"]
+    assert r.counts.biases.elements == 8
+    assert {b.reason: b.tensors for b in r.counts.buffers} == {
+        "causal mask": 3, "rotary/sinusoid cache": 1, "I64 tensor (integer/bool tensors are never parameters)": 2, "batchnorm statistics": 2,
+    }
