@@ -41,8 +41,7 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
         if text:
             click.echo(text)
     else:
-        out = click.get_text_stream("stdout")
-        color = out.isatty() and "NO_COLOR" not in os.environ
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         text = to_table(results, layers=layers, color=color, width=_width() if color else None)
         if text:
             click.echo(text)
