@@ -104,3 +104,14 @@ def test_strict_exit_code_on_findings(tmp_path):
     assert run(tmp_path).exit_code == 0
     r = run(tmp_path, "--strict")
     assert r.exit_code == 4 and "no-index" in r.stdout
+
+
+def test_table_escapes_markup_and_control_characters_in_names(tmp_path):
+    evil = "[bold red]lm_head.weight[/]\x1b[2J\u202e"
+    header = json.dumps({"__metadata__": {evil: "wte.weight"},
+                         "wte.weight": {"dtype": "F32", "shape": [4, 2], "data_offsets": [0, 32]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 32)
+    r = run(tmp_path)
+    assert r.exit_code == 0
+    assert "[bold red]lm_head.weight[/]\\x1b[2J\\u202e" in r.stdout
+    assert "\x1b" not in r.stdout and "\u202e" not in r.stdout
