@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from . import moe, quant
 from .classify import classify
 from .count import count
 from .errors import CkptError
@@ -11,10 +14,26 @@ from .tying import find_ties
 
 
 def analyse(checkpoint: Checkpoint) -> Report:
-    """Interpret what the readers found: classify, find ties, count. Pure."""
-    classified = classify(checkpoint.tensors)
+    """Interpret what the readers found: classify, find ties, count. Pure.
+
+    Quantized checkpoints first have packed tensors replaced by logical records and their quantization metadata
+    classified apart (``quant``); mixture-of-experts models get total vs active parameters (``moe``). Both are no-ops
+    for dense unquantized models.
+    """
+    prepared = quant.prepare(checkpoint)
+    if prepared.findings:
+        checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
+    classified = quant.mark_metadata(classify(prepared.tensors), prepared)
     ties = find_ties(checkpoint, classified)
-    return Report(checkpoint=checkpoint, classified=classified, ties=ties, counts=count(classified, ties))
+    counts = count(classified, ties)
+    return Report(
+        checkpoint=checkpoint,
+        classified=classified,
+        ties=ties,
+        counts=counts,
+        quantization=quant.summary(checkpoint, prepared, classified, counts),
+        moe=moe.summarize(checkpoint, classified, ties, counts),
+    )
 
 
 def load(target: str) -> Checkpoint:

@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .api import audit_many
-from .errors import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, CkptError
+from .errors import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CkptError
 from .report import safe, to_json, to_markdown, to_table
 
 
@@ -23,14 +23,18 @@ from .report import safe, to_json, to_markdown, to_table
 @click.option("--layers", is_flag=True, help="Add parameters per layer.")
 @click.option("--tensors", is_flag=True, help="JSON: add every tensor with its classification.")
 @click.option("--strict", is_flag=True, help="Exit 4 when any target has findings.")
+@click.option("--verify-ties", is_flag=True, help="Read the embedding and head tensors and compare them by content (Pearson r, max diff, identical bytes).")
+@click.option("--device", default="auto", show_default=True, help="With --verify-ties: auto (cuda if available, else cpu), cpu, or cuda[:N].")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are .safetensors files, directories holding one, or sharded directories with a
     model.safetensors.index.json. Several targets are shown side by side.
     """
     results = audit_many(list(targets))
+    if verify_ties:
+        results = _verify(results, device)
     for r in results:
         if isinstance(r, CkptError):
             click.echo(f"Error: {safe(str(r))}", err=True)
@@ -46,6 +50,21 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
         if text:
             click.echo(text)
     sys.exit(exit_code(results, strict=strict))
+
+
+def _verify(results: list, device: str) -> list:
+    """--verify-ties: content checks of the embedding/head pair and each tie (ckptcount.verify); progress on stderr."""
+    from .verify import StderrProgress, VerifyError, resolve, verify_results
+
+    try:
+        engine = resolve(device)
+    except VerifyError as e:
+        click.echo(f"Error: {safe(str(e))}", err=True)
+        sys.exit(EXIT_USAGE)
+    if engine.name == "numpy":
+        click.echo("ckptcount: torch is not installed: verifying with numpy on the CPU (pip install 'ckptcount[torch]'; a CUDA build of torch for the GPU)", err=True)
+    progress = StderrProgress() if sys.stderr.isatty() else None
+    return verify_results(results, engine=engine, progress=progress)
 
 
 def exit_code(results: list, *, strict: bool) -> int:

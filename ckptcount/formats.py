@@ -36,6 +36,7 @@ class Layout:
 # Preference order when a directory (or repo) holds several formats: safetensors first, as transformers loads it.
 LAYOUTS: tuple[Layout, ...] = (
     Layout("safetensors", "model.safetensors.index.json", "model.safetensors", ".safetensors"),
+    Layout("gguf", None, None, ".gguf"),  # llama.cpp; split sets -00001-of-0000N.gguf carry split.* keys, no index
 )
 
 SHARD_PATTERN = re.compile(r".*-\d{5}-of-\d{5}\.[A-Za-z0-9]+$")
@@ -66,6 +67,10 @@ def read_safetensors(source: ByteSource, name: str, where: str) -> FileRead:
 
 
 READERS = {"safetensors": read_safetensors}
+
+from .gguf import read_gguf  # noqa: E402  (gguf imports FileRead from here lazily)
+
+READERS["gguf"] = read_gguf
 
 
 def read_file(source: ByteSource, name: str, where: str) -> FileRead:

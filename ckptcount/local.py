@@ -13,6 +13,7 @@ from types import MappingProxyType
 from .config import parse_config
 from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, format_of, read_file
+from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
 from .sources import LocalFile, inside
 
@@ -80,6 +81,8 @@ def assemble(
     findings = list(findings or [])
     for read in reads.values():
         findings.extend(read.findings)
+    if any(r.record.format == "gguf" for r in reads.values()):  # split sets are self-describing: check split.* keys
+        findings.extend(split_findings([r.record for r in reads.values()]))
     if weight_map is not None and index is not None:
         findings.extend(cross_check(weight_map, reads, index))
         total_size = (index_meta or {}).get("total_size")
@@ -122,7 +125,8 @@ def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], 
             pick = (layout, None, of_format)
         elif of_format and all(SHARD_PATTERN.match(n) for n in of_format):
             pick = (layout, None, of_format)
-            findings.append(Finding("no-index", f"{len(of_format)} {layout.format} shards and no index: counted them all"))
+            if layout.index is not None:  # GGUF split sets have no index by design
+                findings.append(Finding("no-index", f"{len(of_format)} {layout.format} shards and no index: counted them all"))
         elif of_format:
             raise TargetNotFound(where, f"{len(of_format)} {layout.suffix} files and no index; name one: {', '.join(of_format[:5])}")
         else:
@@ -153,6 +157,8 @@ def load_local(target: str) -> Checkpoint:
         index, names = path.name, []
     else:
         names = [path.name]
+        if format_of(path.name) == "gguf" and (siblings := split_names(path.name)):
+            names, is_dir = siblings, True  # one shard of a split GGUF names the whole set, as in llama.cpp
 
     def where(name: str) -> str:
         return str(root / name) if is_dir or index is not None else target

@@ -189,6 +189,38 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class ContentCheck:
+    """What ``ckptcount.verify`` read and computed for two stored tensors that are, or might be, one tensor.
+
+    ``orientation`` is "same", "transposed" (the second stored [d, V] against the first's [V, d]) or "structural"
+    (one stored matrix: r = 1 by construction, ``stats`` describe it). ``skipped`` says why nothing was compared.
+    """
+
+    names: tuple[str, ...]
+    orientation: str
+    pearson_r: float | None = None
+    max_abs_diff: float | None = None
+    identical: bool | None = None
+    bytes_read: int = 0
+    device: str | None = None
+    backend: str | None = None
+    elements: int = 0
+    stats: Mapping[str, Mapping[str, float | None]] = field(default_factory=lambda: MappingProxyType({}))
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Content checks of one target (``--verify-ties``): the token embedding against the output head, and each tie."""
+
+    embedding: str | None
+    head: str | None
+    stored: tuple[str, ...]  # which of the two the files hold
+    embedding_vs_head: ContentCheck | None
+    ties: Mapping[tuple[str, ...], ContentCheck]  # keyed by TieGroup.names
+
+
+@dataclass(frozen=True)
 class Report:
     """The whole answer for one target."""
 
@@ -196,3 +228,4 @@ class Report:
     classified: tuple[Classified, ...]
     ties: tuple[TieGroup, ...]
     counts: Counts
+    verification: Verification | None = None  # set by ckptcount.verify.verify_report

@@ -62,6 +62,8 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
         ],
         "findings": [{"kind": f.kind, "message": f.message} for f in ck.findings],
     }
+    if report.verification is not None:
+        _verification(d, report)
     if layers:
         d["by_layer"] = {k: {"tensors": v.tensors, "elements": v.elements} for k, v in c.by_layer.items()}
     if tensors:
@@ -80,6 +82,37 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
             for x in report.classified
         ]
     return d
+
+
+def _verification(d: dict, report: Report) -> None:
+    """--verify-ties: the token embedding against the output head, and a content check on each tie (ckptcount.verify)."""
+    from .verify import check_dict
+
+    v = report.verification
+    if v.embedding_vs_head is not None:
+        d["embedding_vs_head"] = {
+            "embedding": v.embedding,
+            "head": v.head,
+            "stored": list(v.stored),
+            "verification": check_dict(v.embedding_vs_head),
+        }
+    for tie in d["ties"]:
+        check = v.ties.get(tuple(tie["names"]))
+        if check is not None:
+            tie["verification"] = check_dict(check)
+
+
+def _check_note(label: str, check) -> str:
+    if check.skipped:
+        return f"{label}: verify {' vs '.join(safe(n) for n in check.names)}: not verified: {safe(check.skipped)}"
+    if check.orientation == "structural":
+        how = "structural (one stored matrix, r = 1 by construction)"
+    else:
+        r = "n/a" if check.pearson_r is None else f"{check.pearson_r:.9f}"
+        diff = "n/a" if check.max_abs_diff is None else f"{check.max_abs_diff:.3g}"
+        how = f"r={r}, max |diff| {diff}, {'identical bytes' if check.identical else 'not identical'}"
+        how += ", head stored transposed" if check.orientation == "transposed" else ""
+    return f"{label}: verify {' vs '.join(safe(n) for n in check.names)}: {how}; {_n(check.bytes_read)} bytes read ({check.backend}, {check.device})"
 
 
 def to_json(results: list[Report | CkptError], *, tensors: bool = False, layers: bool = False) -> str:
@@ -132,6 +165,8 @@ def notes(report: Report) -> list[str]:
     """Lines under the table: each tie's evidence and each finding."""
     label = _label(report.checkpoint.target)
     out = [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
+    if report.verification is not None and report.verification.embedding_vs_head is not None:
+        out.append(_check_note(safe(label), report.verification.embedding_vs_head))
     out += [f"{safe(label)}: {f.kind}: {safe(f.message)}" for f in report.checkpoint.findings]
     return out
 

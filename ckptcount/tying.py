@@ -22,6 +22,7 @@ from .records import OUTPUT_HEAD, TOKEN_EMBEDDING, BUFFER, Checkpoint, Classifie
 ALIAS = "safetensors metadata alias (save_model)"
 CANDIDATE = "candidate: verify by content (embedding and head of equal shape and dtype, no config)"
 SHARED = "encoder-decoder: embed_tokens are the shared table (transformers always ties them)"
+GGUF_TIE = "gguf: output.weight not stored (llama.cpp reuses token_embd.weight)"
 HEAD_WEIGHTS = ("lm_head.weight", "embed_out.weight", "output.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight")
 LM_ARCH_MARKERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "WithLMHead", "ForMaskedLM", "ForPreTraining")
 
@@ -97,6 +98,9 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tup
         for dropped, kept in f.metadata.items():
             if kept in stored and dropped not in stored and dropped != kept:
                 groups.join(kept, dropped, ALIAS)
+
+    if any(f.format == "gguf" for f in checkpoint.files) and "token_embd.weight" in stored and "output.weight" not in stored:
+        groups.join("token_embd.weight", "output.weight", GGUF_TIE)
 
     tied, how = tie_setting(checkpoint.config)
     params = [c for c in classified if c.kind != BUFFER]

@@ -1,0 +1,136 @@
+"""Mixture of experts: total parameters vs parameters active per token.
+
+Routed experts are found by name, in three layouts:
+
+* one module per expert: ``...experts.<e>.w1.weight`` (Mixtral), ``...mlp.experts.<e>.gate_proj.weight`` (Qwen2-MoE,
+  DeepSeek), the expert index after ``experts.``;
+* fused experts: ``...mlp.experts.gate_up_proj`` [E, ...] (transformers 5 in memory, gpt-oss ``*_blocks``/``*_bias``);
+* GGUF: ``blk.N.ffn_{gate,up,down,gate_up}_exps.weight`` [E, ...].
+
+Shared experts (``shared_expert``/``shared_experts``, GGUF ``*_shexp``) and routers (``gate``, ``router``,
+``ffn_gate_inp``) run for every token and count as dense. The number of experts E and experts per token k come from
+the config (``num_local_experts`` | ``num_experts`` | ``n_routed_experts``, ``num_experts_per_tok``; also under
+``text_config``) or GGUF keys (``{arch}.expert_count``, ``{arch}.expert_used_count``); E is cross-checked against
+the names. Per MoE layer with routed-expert parameters R_l, equal-sized experts, each token uses k of E:
+
+    active = total - sum_l R_l x (E - k) / E
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from .gguf import kv_value
+from .records import Checkpoint, Classified, Counts, TieGroup
+from .count import counted_names
+
+PER_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+FUSED = re.compile(r"(?:^|\.)experts\.(?!\d+\.)[A-Za-z_]")
+GGUF_EXPERTS = re.compile(r"(?:^|\.)ffn_[a-z_]+_exps(?:\.|$)")
+LAYER = re.compile(r"(?:^|\.)(?:layers|h|blk|blocks|layer)\.(\d+)\.")
+
+E_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_experts_per_token")
+
+
+def _config_value(config: Mapping | None, keys: tuple[str, ...]) -> tuple[int | None, str | None]:
+    for scope, cfg in (("", config), ("text_config.", (config or {}).get("text_config") if isinstance(config, Mapping) else None)):
+        if not isinstance(cfg, Mapping):
+            continue
+        for k in keys:
+            v = cfg.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v, f"config: {scope}{k}={v}"
+    return None, None
+
+
+def expert_kind(name: str) -> str | None:
+    """'per-expert', 'fused' or 'gguf' for a routed-expert tensor name; None otherwise (shared experts included)."""
+    if "shared_expert" in name or "_shexp" in name:
+        return None
+    if PER_EXPERT.search(name):
+        return "per-expert"
+    if GGUF_EXPERTS.search(name):
+        return "gguf"
+    if FUSED.search(name):
+        return "fused"
+    return None
+
+
+def summarize(checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], counts: Counts) -> dict | None:
+    """The ``moe`` section of a report, or None when no routed experts are stored."""
+    dropped, _ = counted_names(ties)
+    per_layer: dict[str, int] = {}
+    indices: dict[str, set[int]] = {}
+    leading: set[int] = set()
+    kinds: set[str] = set()
+    seen: set[str] = set()
+    for c in classified:
+        t = c.tensor
+        if not c.is_parameter or t.name in dropped or t.name in seen:
+            continue
+        seen.add(t.name)
+        kind = expert_kind(t.name)
+        if kind is None:
+            continue
+        kinds.add(kind)
+        m = LAYER.search(t.name)
+        layer = m.group(1) if m else "-"
+        per_layer[layer] = per_layer.get(layer, 0) + t.numel
+        if kind == "per-expert":
+            indices.setdefault(layer, set()).add(int(PER_EXPERT.search(t.name).group(1)))
+        elif t.shape:
+            leading.add(t.shape[0])
+    if not per_layer:
+        return None
+
+    notes: list[str] = []
+    e_cfg, e_how = _config_value(checkpoint.config, E_KEYS)
+    k_cfg, k_how = _config_value(checkpoint.config, K_KEYS)
+    if e_cfg is None:
+        v = kv_value(checkpoint.files, "{arch}.expert_count")
+        e_cfg, e_how = (v, f"gguf: {{arch}}.expert_count={v}") if isinstance(v, int) and v > 0 else (None, None)
+    if k_cfg is None:
+        v = kv_value(checkpoint.files, "{arch}.expert_used_count")
+        k_cfg, k_how = (v, f"gguf: {{arch}}.expert_used_count={v}") if isinstance(v, int) and v > 0 else (None, None)
+    from_names = {max(ix) + 1 for ix in indices.values()} | leading
+    if e_cfg is None and len(from_names) == 1:
+        e_cfg, e_how = from_names.pop(), "tensor names"
+    elif e_cfg is not None and from_names and from_names != {e_cfg}:
+        notes.append(f"config says {e_cfg} experts but the tensors hold {sorted(from_names)}")
+    for layer, ix in sorted(indices.items()):
+        if e_cfg is not None and len(ix) != e_cfg:
+            notes.append(f"layer {layer} stores {len(ix)} of {e_cfg} experts")
+
+    total = counts.parameters
+    routed = sum(per_layer.values())
+    out: dict = {
+        "total": total,
+        "active": None,
+        "routed_expert_parameters": routed,
+        "dense_parameters": total - routed,
+        "experts": e_cfg,
+        "experts_per_token": k_cfg,
+        "moe_layers": len(per_layer),
+        "layout": "+".join(sorted(kinds)),
+        "evidence": "; ".join(x for x in (e_how, k_how) if x) or "tensor names",
+        "formula": None,
+        "notes": notes,
+    }
+    if e_cfg is None or k_cfg is None:
+        out["notes"].append("experts per token unknown (no num_experts_per_tok / expert_used_count): active not computed")
+        return out
+    if k_cfg > e_cfg:
+        out["notes"].append(f"experts per token {k_cfg} exceeds the {e_cfg} experts: active not computed")
+        return out
+    uneven = [layer for layer, r in per_layer.items() if r % e_cfg]
+    if uneven:
+        out["notes"].append(f"routed parameters of layer(s) {', '.join(uneven[:5])} do not split into {e_cfg} equal experts")
+    inactive = sum(r * (e_cfg - k_cfg) // e_cfg for r in per_layer.values())
+    active = total - inactive
+    out["active"] = active
+    out["formula"] = (
+        f"active = total - routed x (E - k) / E = {total:,} - {routed:,} x ({e_cfg} - {k_cfg}) / {e_cfg} = {active:,}"
+    )
+    return out
