@@ -79,6 +79,7 @@ class FileRecord:
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     bytes_read: int = 0  # counted by the byte source: 8 + N for safetensors
     format: str = "safetensors"
+    info: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # GGUF key/values (scalars, short strings)
 
 
 @dataclass(frozen=True)
@@ -229,3 +230,5 @@ class Report:
     ties: tuple[TieGroup, ...]
     counts: Counts
     verification: Verification | None = None  # set by ckptcount.verify.verify_report
+    quantization: Mapping | None = None  # set by ckptcount.quant for quantized checkpoints (GGUF, GPTQ, AWQ...)
+    moe: Mapping | None = None  # set by ckptcount.moe for mixture-of-experts models: total vs active per token
