@@ -36,22 +36,73 @@ def analyse(checkpoint: Checkpoint) -> Report:
     )
 
 
-def load(target: str) -> Checkpoint:
-    """Read the headers of a target: a ``.safetensors`` file, a directory, or a sharded index."""
+def load(target: str, *, revision: str | None = None, token: str | None = None) -> Checkpoint:
+    """Read the headers of a target: a ``.safetensors`` file, a directory, or a sharded index.
+
+    An existing local path stays local. Otherwise repo ids (``org/name``), ``hf://`` paths and Hub URLs are read with
+    HTTP range requests (:mod:`ckptcount.hub`); ``revision`` and ``token`` apply to those.
+    """
+    import os
+
+    if not os.path.exists(target):
+        from .hub import is_hub_target, load_hub
+
+        if is_hub_target(target):
+            return load_hub(target, revision=revision, token=token)
     return load_local(target)
 
 
-def audit(target: str) -> Report:
-    """Count and classify the parameters of ``target`` from its headers alone. Raises :class:`CkptError`."""
-    return analyse(load(target))
+def _listing(checkpoint: Checkpoint) -> dict[str, int | None] | None:
+    """Every file next to the counted ones, with sizes: the Hub listing, or the local directory."""
+    import os
+
+    if checkpoint.origin.get("listing") is not None:
+        return dict(checkpoint.origin["listing"])
+    folder = checkpoint.target if os.path.isdir(checkpoint.target) else None
+    if folder is None:
+        return None
+    return {e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}
 
 
-def audit_many(targets: list[str]) -> list[Report | CkptError]:
-    """Audit each target; one failing target is returned as its error while the others are still reported."""
-    out: list[Report | CkptError] = []
-    for target in targets:
+def audit(
+    target: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    dtype: str | None = None,
+    max_size: int | None = None,
+    fits: int | None = None,
+) -> Report:
+    """Count and classify the parameters of ``target`` from its headers alone. Raises :class:`CkptError`.
+
+    Hub targets, and any target when ``dtype``/``max_size``/``fits`` is given, also get a preflight (download bytes,
+    memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.preflight`).
+    """
+    checkpoint = load(target, revision=revision, token=token)
+    report = analyse(checkpoint)
+    if checkpoint.origin or dtype or max_size is not None or fits is not None:
+        from .preflight import preflight
+
+        pf = preflight(checkpoint, _listing(checkpoint), dtype=dtype, max_size=max_size, fits=fits)
+        from dataclasses import replace
+
+        report = replace(report, preflight=pf)
+    return report
+
+
+def audit_many(targets: list[str], **options) -> list[Report | CkptError]:
+    """Audit each target (concurrently: Hub targets spend their time waiting); one failing target is returned as its
+    error while the others are still reported. ``options`` are :func:`audit`'s keywords."""
+
+    def one(target: str) -> Report | CkptError:
         try:
-            out.append(audit(target))
+            return audit(target, **options)
         except CkptError as e:
-            out.append(e)
-    return out
+            return e
+
+    if len(targets) <= 1:
+        return [one(t) for t in targets]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        return list(pool.map(one, targets))

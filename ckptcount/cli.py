@@ -25,19 +25,29 @@ from .report import safe, to_json, to_markdown, to_table
 @click.option("--strict", is_flag=True, help="Exit 4 when any target has findings.")
 @click.option("--verify-ties", is_flag=True, help="Read the embedding and head tensors and compare them by content (Pearson r, max diff, identical bytes).")
 @click.option("--device", default="auto", show_default=True, help="With --verify-ties: auto (cuda if available, else cpu), cpu, or cuda[:N].")
+@click.option("--revision", default=None, help="Hub targets: branch, tag or commit (default: main).")
+@click.option("--token", default=None, envvar=None, help="Hub token (default: HF_TOKEN or the stored `hf auth login` token).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16", "fp8", "int4"]), default=None, help="Preflight: memory the weights need at this dtype.")
+@click.option("--max-size", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the counted files total more (20GB, 24GiB...).")
+@click.option("--fits", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the weights at --dtype need more memory (24GiB...).")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are .safetensors files, directories holding one, or sharded directories with a
-    model.safetensors.index.json. Several targets are shown side by side.
+    model.safetensors.index.json. Several targets are shown side by side. Anything that is not a local path may be
+    a Hub repo (org/name), an hf://org/name/sub/folder path or an https://.../resolve/<revision>/<file> URL: only
+    headers are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured).
     """
-    results = audit_many(list(targets))
+    options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
+    results = audit_many(list(targets), **{k: v for k, v in options.items() if v is not None})
     if verify_ties:
         results = _verify(results, device)
     for r in results:
         if isinstance(r, CkptError):
             click.echo(f"Error: {safe(str(r))}", err=True)
+    for line in _check_lines(results):
+        click.echo(line, err=True)
     if fmt == "json":
         click.echo(to_json(results, tensors=tensors, layers=layers))
     elif fmt == "markdown":
@@ -71,9 +81,34 @@ def exit_code(results: list, *, strict: bool) -> int:
     """1 if any target failed; else 4 if --strict and any target has findings; else 0."""
     if any(isinstance(r, CkptError) for r in results):
         return EXIT_INVALID
+    if any(getattr(r, "preflight", None) is not None and r.preflight.failed for r in results):
+        from .errors import EXIT_CHECK
+
+        return EXIT_CHECK  # 3: --max-size / --fits
     if strict and any(r.checkpoint.findings for r in results):
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _size_option(param, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from .preflight import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None
+
+
+def _check_lines(results: list) -> list[str]:
+    """One stderr line per failed preflight check."""
+    out = []
+    for r in results:
+        pf = getattr(r, "preflight", None)
+        for c in pf.failed if pf is not None else ():
+            out.append(f"Check failed: {safe(r.checkpoint.target)}: {c.message()}")
+    return out
 
 
 def _width() -> int:

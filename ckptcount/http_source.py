@@ -1,0 +1,375 @@
+"""HTTP byte sources: a Hub file read with range requests, so the format readers run on it unchanged.
+
+One :class:`HubClient` per audit holds huggingface_hub's shared session (``get_session``), the auth headers it builds
+(``build_hf_headers``: ``--token``, ``HF_TOKEN`` or the stored login) and the request counters. Every request goes
+through :meth:`HubClient.get`, which:
+
+- retries 429 (honouring ``Retry-After`` up to :data:`MAX_RETRY_AFTER` seconds), 5xx and dropped connections,
+  including a connection that drops in the middle of a body, at most :data:`MAX_TRIES` times and within
+  :data:`RETRY_BUDGET` seconds, then fails with one clear line. (huggingface_hub's ``http_backoff`` adds one second to
+  every ``Retry-After``, obeys any ``Retry-After`` however long, and cannot retry a body that drops after the status
+  line; that is why the loop is here.)
+- maps every other error status through ``hf_raise_for_status`` (so the Hub's ``X-Error-Code`` decides between
+  repository, revision and file not found, gated, ...) and turns it into a one-line :class:`CkptError`;
+- streams the body and stops after the bytes it needs, so a server that ignores ``Range`` and answers 200 with a
+  multi-gigabyte body costs no more than the bytes asked for: the connection is closed after them.
+
+:class:`HttpFile` is the :class:`~ckptcount.safetensors_header.ByteSource`: its first read asks for a speculative
+block of :data:`FIRST_BLOCK` bytes (``Range: bytes=0-99999`` is 100,000 bytes: ranges are inclusive), every later miss
+asks for exactly the bytes still missing, and the decision is made from the bytes actually received. A 206 must carry
+a ``Content-Range`` that starts where we asked, ends no later than we asked, matches the body length and, when the
+listing gave a size, the file's size.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from .errors import CkptError, ReadError, TargetNotFound
+
+FIRST_BLOCK = 100_000  # bytes asked for by the first read of a file; huggingface_hub asks for 100,001
+MAX_TRIES = 5  # attempts per request (so 4 retries)
+BASE_WAIT = 0.25  # seconds before the first retry; doubles each time
+MAX_WAIT = 4.0  # longest wait between two attempts, unless Retry-After asks for more
+MAX_RETRY_AFTER = 30.0  # a Retry-After longer than this fails at once instead of hanging the audit
+RETRY_BUDGET = 60.0  # seconds of waiting per request, all retries together
+TIMEOUT = 30.0  # seconds without progress (connect or read) before a try counts as failed
+ERROR_BODY_LIMIT = 65_536  # bytes of an error body read for the message
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class AuthError(CkptError):
+    """401/403: a gated or private repository, or a token without access."""
+
+    kind = "auth"
+
+
+class NetworkError(CkptError):
+    """The server kept failing (429, 5xx, dropped connections) after every retry, or answered something unusable."""
+
+    kind = "network"
+
+
+class OfflineError(CkptError):
+    """HF_HUB_OFFLINE is set and the cache cannot answer."""
+
+    kind = "offline"
+
+
+@dataclass
+class Reply:
+    """What one GET gave: status, headers, the bytes kept, and the URL it ended at after redirects."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    url: str
+    consumed: int  # body bytes taken off the wire (>= len(body) when a 200 had to be skipped through)
+
+
+@dataclass
+class Counters:
+    requests: int = 0  # every HTTP request sent, redirect hops and retries included
+    redirects: int = 0
+    retries: int = 0
+    bytes: int = 0  # body bytes received
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, requests: int = 0, redirects: int = 0, retries: int = 0, nbytes: int = 0) -> None:
+        with self.lock:
+            self.requests += requests
+            self.redirects += redirects
+            self.retries += retries
+            self.bytes += nbytes
+
+
+class HubClient:
+    """Session, auth headers and counters for one audit. Thread-safe: shard headers are fetched in parallel."""
+
+    def __init__(self, endpoint: str, token: str | None = None):
+        from huggingface_hub.utils import build_hf_headers
+
+        from . import __version__
+
+        self.endpoint = endpoint.rstrip("/")
+        self.headers = build_hf_headers(token=token, library_name="ckptcount", library_version=__version__)
+        self.authenticated = "authorization" in {k.lower() for k in self.headers}
+        self.counters = Counters()
+
+    def _headers_for(self, url: str, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = dict(self.headers)
+        if _origin(url) != _origin(self.endpoint):
+            # A URL on another host (a CDN location we were redirected to before): never send it the token.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def get(self, url: str, where: str, *, byte_range: tuple[int, int] | None = None, keep: tuple[int, int] | None = None, limit: int | None = None, missing_ok: bool = False) -> Reply | None:
+        """GET ``url``; ``byte_range`` = (start, end exclusive) sends ``Range: bytes=start-(end-1)``.
+
+        ``keep`` = (start, end) of the file to keep from a 200 answer (a server that ignored Range): the body is read
+        up to ``end`` and the connection closed. ``limit`` caps a plain GET's body (a larger one is an error).
+        ``missing_ok``: a 404 for the file returns None instead of raising (used by the probes).
+        """
+        from huggingface_hub.utils import get_session
+
+        import httpx2
+
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else None
+        waited = 0.0
+        last = ""
+        for attempt in range(1, MAX_TRIES + 1):
+            wait = None
+            try:
+                with get_session().stream("GET", url, headers=self._headers_for(url, extra), follow_redirects=True, timeout=TIMEOUT) as r:
+                    hops = len(r.history)
+                    self.counters.add(requests=1 + hops, redirects=hops)
+                    status = r.status_code
+                    if status == 429 or status >= 500:
+                        last = f"HTTP {status}"
+                        wait = _retry_after(r.headers.get("Retry-After"))
+                        if wait is not None and wait > MAX_RETRY_AFTER:
+                            raise NetworkError(where, f"rate limited (HTTP {status}): the server asks to retry after {wait:g} s")
+                    elif status >= 400:
+                        body = _read_upto(r, ERROR_BODY_LIMIT)
+                        self.counters.add(nbytes=len(body))
+                        if status == 404 and missing_ok and _is_entry_missing(r):
+                            return None
+                        raise self._error(r, where)
+                    else:
+                        return self._body(r, where, byte_range, keep, limit)
+            except (httpx2.TransportError, httpx2.StreamError) as e:
+                last = f"{type(e).__name__}: {e}".rstrip(": ")
+                if isinstance(e, httpx2.ConnectError) and attempt == MAX_TRIES:
+                    raise NetworkError(where, f"cannot connect to {_origin(url)} ({e})") from None
+            if attempt == MAX_TRIES:
+                break
+            delay = wait if wait is not None else min(MAX_WAIT, BASE_WAIT * 2 ** (attempt - 1))
+            if waited + delay > RETRY_BUDGET:
+                break
+            self.counters.add(retries=1)
+            time.sleep(delay)
+            waited += delay
+        raise NetworkError(where, f"gave up after {attempt} tries ({last})")
+
+    def _body(self, r, where: str, byte_range, keep, limit) -> Reply:
+        headers = {k.lower(): v for k, v in r.headers.items()}
+        if r.status_code == 206:
+            if byte_range is None:
+                raise NetworkError(where, "server answered 206 to a request without Range")
+            m = _CONTENT_RANGE.match(headers.get("content-range", ""))
+            if not m:
+                raise NetworkError(where, f"206 with an invalid Content-Range {headers.get('content-range')!r}")
+            first, last = int(m.group(1)), int(m.group(2))
+            if first != byte_range[0] or last < first or last >= byte_range[1]:
+                raise NetworkError(where, f"asked for bytes {byte_range[0]}-{byte_range[1] - 1}, server sent {first}-{last}")
+            expected = last - first + 1
+            body = _read_upto(r, expected + 1)
+            self.counters.add(nbytes=len(body))
+            if len(body) != expected:
+                raise ReadError(where, f"Content-Range {first}-{last} announces {expected} bytes but the body has {'more' if len(body) > expected else len(body)}")
+            return Reply(206, headers, body, str(r.url), len(body))
+        if r.status_code == 200:
+            if byte_range is not None:
+                start, end = keep or byte_range
+                got = _read_upto(r, end)  # the server ignored Range: read only up to what is needed, then close
+                self.counters.add(nbytes=len(got))
+                return Reply(200, headers, got[start:], str(r.url), len(got))
+            cap = limit if limit is not None else ERROR_BODY_LIMIT
+            body = _read_upto(r, cap + 1)
+            self.counters.add(nbytes=len(body))
+            if len(body) > cap:
+                raise ReadError(where, f"file is over the {cap}-byte limit")
+            return Reply(200, headers, body, str(r.url), len(body))
+        raise NetworkError(where, f"unexpected HTTP {r.status_code}")
+
+    def _error(self, r, where: str) -> CkptError:
+        from huggingface_hub.errors import (
+            DisabledRepoError,
+            GatedRepoError,
+            HfHubHTTPError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+        from huggingface_hub.utils import hf_raise_for_status
+
+        login = "pass --token, set HF_TOKEN, or run `hf auth login`"
+        try:
+            hf_raise_for_status(r)
+        except GatedRepoError:
+            return AuthError(where, f"gated repository (HTTP {r.status_code}): accept its terms on the Hub, then {login}")
+        except RevisionNotFoundError:
+            return TargetNotFound(where, "revision not found (HTTP 404)")
+        except RemoteEntryNotFoundError:
+            return TargetNotFound(where, "file not found in the repository (HTTP 404)")
+        except DisabledRepoError:
+            return AuthError(where, f"access to this repository is disabled (HTTP {r.status_code})")
+        except RepositoryNotFoundError:
+            if self.authenticated and r.status_code in (401, 403):
+                return AuthError(where, f"HTTP {r.status_code}: the token sent has no access to this repository")
+            hint = "" if self.authenticated else f"; if it is private or gated, {login}"
+            return TargetNotFound(where, f"repository not found (HTTP {r.status_code}){hint}")
+        except HfHubHTTPError as e:
+            if r.status_code in (401, 403):
+                return AuthError(where, f"HTTP {r.status_code}: not authorized; {login}")
+            msg = e.server_message or ""
+            return NetworkError(where, f"HTTP {r.status_code}" + (f": {msg.splitlines()[0][:200]}" if msg else ""))
+        return NetworkError(where, f"unexpected HTTP {r.status_code}")
+
+
+def _is_entry_missing(r) -> bool:
+    """A 404 for a file in an existing repo (Hub: X-Error-Code EntryNotFound; plain servers: no error code)."""
+    code = r.headers.get("X-Error-Code")
+    return code in (None, "EntryNotFound")
+
+
+def _read_upto(r, n: int) -> bytes:
+    """Read at most ``n`` body bytes of a streamed response; the caller's ``with`` closes the connection after."""
+    chunks, got = [], 0
+    if n <= 0:
+        return b""
+    for chunk in r.iter_raw():
+        chunks.append(chunk)
+        got += len(chunk)
+        if got >= n:
+            break
+    return b"".join(chunks)[:n]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    p = urlparse(url)
+    return (p.scheme, (p.hostname or "").lower(), p.port or {"http": 80, "https": 443}.get(p.scheme, 0))
+
+
+class HttpFile:
+    """A file on the Hub as a ByteSource. ``bytes_read`` counts body bytes received, ``requests`` the GETs sent.
+
+    The first read fetches ``max(length, FIRST_BLOCK)`` bytes from its offset; later reads are served from what came
+    back, and a read that runs past it fetches exactly the missing bytes (one request for the rest of a large header).
+    After a redirect to another host (LFS files go to a CDN), later reads go straight to that location, without the
+    token; if it has expired they go back through the Hub.
+    """
+
+    def __init__(self, client: HubClient, url: str, name: str, where: str, size: int | None = None, first_block: int = FIRST_BLOCK):
+        self.client = client
+        self.url = url
+        self.name = where
+        self.file = name
+        self._size = size
+        self.first_block = first_block
+        self.segments: list[list] = []  # [start, bytearray] contiguous blocks received, in fetch order
+        self.served: list[tuple[int, int]] = []  # (offset, length) of every read handed to a reader: what the cache keeps
+        self.bytes_read = 0
+        self.requests = 0
+        self.range_ignored = False
+        self.commit: str | None = None  # X-Repo-Commit of the first answer
+        self._location: str | None = None
+        self.missing = False
+
+    def size(self) -> int | None:
+        return self._size
+
+    def probe(self, missing_ok: bool = True) -> bool:
+        """Fetch the first block now (the loader starts this before it knows the file exists). False on a 404."""
+        return self._fetch(0, self.first_block, missing_ok=missing_ok)
+
+    def _fetch(self, start: int, end: int, missing_ok: bool = False) -> bool:
+        if self._size is not None:
+            end = min(end, self._size)
+        if end <= start:
+            return True
+        url = self._location or self.url
+        keep = (start, end)
+        try:
+            reply = self.client.get(url, self.name, byte_range=(start, end), keep=keep, missing_ok=missing_ok)
+        except CkptError:
+            if self._location is None:
+                raise
+            self._location = None  # a signed CDN URL may have expired: go back through the Hub once
+            reply = self.client.get(self.url, self.name, byte_range=(start, end), keep=keep)
+        self.requests += 1
+        if reply is None:
+            self.missing = True
+            return False
+        self.bytes_read += reply.consumed
+        if self.commit is None:
+            self.commit = reply.headers.get("x-repo-commit")
+        if reply.status == 206:
+            m = _CONTENT_RANGE.match(reply.headers["content-range"])
+            total = m.group(3)
+            if total != "*":
+                if self._size is None:
+                    self._size = int(total)
+                elif int(total) != self._size:
+                    raise ReadError(self.name, f"the server says the file is {total} bytes but the listing says {self._size}")
+            if _origin(reply.url) != _origin(self.client.endpoint):
+                self._location = reply.url
+        else:
+            self.range_ignored = True
+            length = reply.headers.get("content-length")
+            if self._size is None and length and length.isdigit():
+                self._size = int(length)
+        if reply.body:
+            self._add(start, reply.body)
+        return True
+
+    def _add(self, start: int, data: bytes) -> None:
+        for seg in self.segments:
+            if seg[0] + len(seg[1]) == start:
+                seg[1] += data
+                return
+        self.segments.append([start, bytearray(data)])
+
+    def _have(self, offset: int) -> tuple[int, bytearray] | None:
+        for seg in self.segments:
+            if seg[0] <= offset < seg[0] + len(seg[1]):
+                return seg[0], seg[1]
+        return None
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        end = offset + length
+        if self._size is not None:
+            end = min(end, self._size)
+        if end <= offset:
+            return b""
+        if not self.segments and not self.missing:
+            self._fetch(offset, max(end, offset + self.first_block))
+        have = self._have(offset)
+        if have is None:
+            self._fetch(offset, end)
+        else:
+            start, data = have
+            if start + len(data) < end:
+                self._fetch(start + len(data), end)  # exactly the rest, never a second speculative block
+        have = self._have(offset)
+        if have is None:
+            out = b""
+        else:
+            start, data = have
+            out = bytes(data[offset - start : end - start])
+        if out:
+            self.served.append((offset, len(out)))
+        return out

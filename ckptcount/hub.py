@@ -1,0 +1,449 @@
+"""Audit a Hugging Face Hub repo from its headers, with HTTP range requests: the same Checkpoint as the local path.
+
+Targets: ``org/name`` (optionally ``org/name@revision``), ``hf://org/name[@revision][/sub/folder]``, and
+``https://<endpoint>/org/name/resolve/<revision>/<path>`` (also ``/blob/`` and ``/tree/``). The endpoint is
+``HF_ENDPOINT`` (read when the audit runs), or the host of a URL that is not huggingface.co.
+
+The request plan, for a repo never seen before (each line starts together; see docs/hub.md for measurements):
+
+1. the listing with sizes (``/api/models/<repo>/revision/<rev>?blobs=true``, which also resolves the commit sha),
+   ``config.json``, the first :data:`~ckptcount.http_source.FIRST_BLOCK` bytes of ``model.safetensors`` and
+   ``model.safetensors.index.json``: one round trip; the probes that 404 cost a request each, no time;
+2. with the listing, :func:`ckptcount.local.choose` picks what to count exactly as for a directory; a probed single
+   file is finished (at most one more request for a header larger than the block); a probed index names the shards;
+3. the shard headers, all in parallel, each through :func:`ckptcount.formats.read_file` on an
+   :class:`~ckptcount.http_source.HttpFile`, so every format the readers know works remotely.
+
+The result goes through :func:`ckptcount.local.assemble`, like a local directory. What the readers consumed is cached
+per commit (:mod:`ckptcount.cache`): a second audit of a branch makes one request (the listing, to resolve it), of a
+commit sha none, and with ``HF_HUB_OFFLINE=1`` none.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from urllib.parse import quote, unquote, urlparse
+
+from . import cache
+from .config import parse_config
+from .errors import CkptError, ConfigError, ShardIndexError, TargetNotFound, UnsafePath
+from .formats import LAYOUTS, SHARD_PATTERN, FileRead, format_of, read_file
+from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index
+from .records import Checkpoint, Finding
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+HUB_HOSTS = frozenset({"huggingface.co", "hf.co", "www.huggingface.co"})
+MAX_LISTING_BYTES = 64 * 1024 * 1024
+MAX_WORKERS = 16
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+REPO_ID = re.compile(rf"^({_NAME}/{_NAME})(?:@([^\s/]+))?$")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    repo: str
+    revision: str | None
+    path: str  # a subfolder or a file inside the repo; "" is the root
+    is_file: bool
+    endpoint: str
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def is_hub_target(target: str) -> bool:
+    """Whether ``target`` names something on the Hub (checked only after it was found not to be a local path)."""
+    if target.startswith("hf://"):
+        return True
+    if re.match(r"^https?://", target):
+        return True
+    m = REPO_ID.match(target)
+    if not m:
+        return False
+    name = m.group(1).rsplit("/", 1)[-1]
+    return format_of(name) is None and not name.endswith(".json")
+
+
+def _is_file(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return bool(name) and (format_of(name) is not None or name.endswith(".index.json"))
+
+
+def parse_target(target: str, revision: str | None = None) -> HubTarget:
+    """Split a Hub target into repo, revision, path. ``revision`` (--revision) must agree with one in the target."""
+    rev_in = None
+    ep = endpoint()
+    if target.startswith("hf://"):
+        rest = target[len("hf://") :].strip("/")
+        if rest.startswith(("datasets/", "spaces/", "buckets/")):
+            raise TargetNotFound(target, "only model repos are supported")
+        if rest.startswith("models/"):
+            rest = rest[len("models/") :]
+        parts = rest.split("/")
+        if len(parts) < 2:
+            raise TargetNotFound(target, "expected hf://org/name[@revision][/path]")
+        name = parts[1]
+        if "@" in name:
+            name, rev_in = name.split("@", 1)
+            rev_in = unquote(rev_in)
+        repo, path = f"{parts[0]}/{name}", "/".join(parts[2:])
+    elif re.match(r"^https?://", target):
+        u = urlparse(target)
+        host = (u.hostname or "").lower()
+        if host not in HUB_HOSTS:
+            ep = f"{u.scheme}://{u.netloc}"
+        parts = [unquote(p) for p in u.path.strip("/").split("/")]
+        if len(parts) < 2:
+            raise TargetNotFound(target, "expected https://host/org/name[/resolve/<revision>/<path>]")
+        repo, path = f"{parts[0]}/{parts[1]}", ""
+        if len(parts) > 2:
+            if parts[2] not in ("resolve", "blob", "tree") or len(parts) < 4:
+                raise TargetNotFound(target, "expected https://host/org/name/resolve/<revision>/<path>")
+            rev_in, path = parts[3], "/".join(parts[4:])
+    else:
+        m = REPO_ID.match(target)
+        if not m:
+            raise TargetNotFound(target, "not a local path and not a Hub repo id (org/name)")
+        repo, rev_in, path = m.group(1), m.group(2), ""
+    if not re.match(rf"^{_NAME}/{_NAME}$", repo):
+        raise TargetNotFound(target, f"{repo!r} is not a valid repo id")
+    if rev_in and revision and rev_in != revision:
+        raise TargetNotFound(target, f"names revision {rev_in!r} but --revision is {revision!r}")
+    path = path.strip("/")
+    _check_path(path, target)
+    return HubTarget(repo=repo, revision=revision or rev_in, path=path, is_file=_is_file(path), endpoint=ep)
+
+
+def _check_path(path: str, where: str) -> None:
+    """Hub paths (from the target or an index) are untrusted: plain relative paths that stay in the repo."""
+    if not path:
+        return
+    if path.startswith("/") or "\\" in path or "\x00" in path or any(p in ("", ".", "..") for p in path.split("/")):
+        raise UnsafePath(where, f"path {path!r} is not a plain relative path inside the repo")
+
+
+def _join(folder: str, name: str, where: str) -> str:
+    _check_path(name, where)
+    return f"{folder}/{name}" if folder else name
+
+
+class _Hub:
+    """One audit of one Hub target."""
+
+    def __init__(self, target: str, t: HubTarget, token: str | None):
+        self.target = target
+        self.t = t
+        self.token = token
+        self.rev = t.revision or "main"
+        self.folder = posixpath.dirname(t.path) if t.is_file else t.path
+        self.client = None
+        self.sha: str | None = None
+        self.cached = False
+
+    # -- naming
+    def where(self, path: str) -> str:
+        return f"{self.t.repo}/{path}"
+
+    def url(self, path: str, rev: str) -> str:
+        return f"{self.t.endpoint}/{self.t.repo}/resolve/{quote(rev, safe='')}/{quote(path)}"
+
+    # -- network
+    def _client(self):
+        if self.client is None:
+            from .http_source import HubClient
+
+            self.client = HubClient(self.t.endpoint, self.token)
+        return self.client
+
+    def listing(self) -> tuple[str, dict[str, int | None]]:
+        """(commit sha, {path: size}) of every file at the revision."""
+        import json
+
+        url = f"{self.t.endpoint}/api/models/{self.t.repo}/revision/{quote(self.rev, safe='')}?blobs=true"
+        where = f"{self.t.repo}@{self.rev}" if self.t.revision else self.t.repo
+        reply = self._client().get(url, where, limit=MAX_LISTING_BYTES)
+        try:
+            obj = json.loads(reply.body)
+            sha = obj["sha"]
+            files = {}
+            for s in obj.get("siblings") or []:
+                lfs = s.get("lfs") or {}
+                size = lfs.get("size", s.get("size"))
+                files[s["rfilename"]] = size if isinstance(size, int) else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            from .http_source import NetworkError
+
+            raise NetworkError(where, "the Hub's repo listing is not the JSON expected (no sha/siblings)") from None
+        if not isinstance(sha, str) or not _SHA.match(sha):
+            from .http_source import NetworkError
+
+            raise NetworkError(where, f"the Hub's listing gives an invalid commit sha {str(sha)[:50]!r}")
+        return sha, files
+
+    def small(self, path: str, rev: str, limit: int, missing_ok: bool = True) -> tuple[bytes | None, str | None]:
+        reply = self._client().get(self.url(path, rev), self.where(path), limit=limit, missing_ok=missing_ok)
+        if reply is None:
+            return None, None
+        return reply.body, reply.headers.get("x-repo-commit")
+
+    # -- the audit
+    def run(self) -> Checkpoint:
+        t = self.t
+        known = cache.resolve_ref(t.endpoint, t.repo, self.rev)
+        if offline():
+            from .http_source import OfflineError
+
+            entry = cache.load(t.endpoint, t.repo, known, self.folder) if known else None
+            if entry is None:
+                raise OfflineError(self.target, f"HF_HUB_OFFLINE is set and {t.repo}@{self.rev} has no cached headers; audit it once online")
+            return self.replay(entry)
+        if known and known == self.rev:  # a commit sha: immutable, no request at all
+            entry = cache.load(t.endpoint, t.repo, known, self.folder)
+            if entry is not None:
+                return self.replay(entry)
+        if known:
+            # Seen before: resolve the revision first (one request), and only go further if it moved.
+            sha, files = self.listing()
+            entry = cache.load(t.endpoint, t.repo, sha, self.folder) if sha == known else None
+            if entry is not None:
+                return self.replay(entry)
+            return self.fetch(sha, files, probes={})
+        return self.fetch(None, None, probes=self.start_probes())
+
+    def start_probes(self) -> dict:
+        """Step 1: the listing, config.json and the likely weight files, all at once."""
+        from .http_source import HttpFile
+
+        self._client()  # one client (session, headers, counters) before any thread starts
+        pool = ThreadPoolExecutor(max_workers=4)
+        probes: dict = {"pool": pool, "listing": pool.submit(self.listing)}
+        config = _join(self.folder, "config.json", self.target)
+        probes["config"] = (config, pool.submit(self.small, config, self.rev, MAX_CONFIG_BYTES))
+        candidates = [self.t.path] if self.t.is_file else [_join(self.folder, n, self.target) for n in (LAYOUTS[0].single, LAYOUTS[0].index) if n]
+        for path in candidates:
+            if path.endswith(".json"):
+                probes[path] = pool.submit(self.small, path, self.rev, MAX_INDEX_BYTES)
+            else:
+                f = HttpFile(self._client(), self.url(path, self.rev), path.rsplit("/", 1)[-1], self.where(path))
+                probes[path] = (f, pool.submit(f.probe))
+        return probes
+
+    def fetch(self, sha: str | None, files: dict | None, probes: dict) -> Checkpoint:
+        pool = probes.pop("pool", None)
+        try:
+            if sha is None:
+                sha, files = probes.pop("listing").result()
+            # Results of probes made at a branch name are used only if they came from the listed commit.
+            settled: dict = {}
+            for path, p in probes.items():
+                if path == "config":
+                    path, p = p
+                try:
+                    if isinstance(p, tuple):
+                        f, fut = p
+                        found = fut.result()
+                        settled[path] = (f if found else None) if f.commit in (None, sha) else _STALE
+                    else:
+                        body, commit = p.result()
+                        settled[path] = body if commit in (None, sha) else _STALE
+                except CkptError:
+                    settled[path] = _STALE  # a probe that failed otherwise than 404 is redone at the commit
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self.sha = sha
+        return self.build(sha, files, settled)
+
+    def build(self, sha: str, files: dict[str, int | None], settled: dict) -> Checkpoint:
+        from .http_source import HttpFile
+
+        t, folder = self.t, self.folder
+        prefix = f"{folder}/" if folder else ""
+        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        findings: list[Finding] = []
+        index = weight_map = None
+        index_meta: dict = {}
+        index_raw = None
+        if t.is_file:
+            name = t.path.rsplit("/", 1)[-1]
+            if name not in here:
+                raise TargetNotFound(self.where(t.path), f"no such file at {self.rev}")
+            if name.endswith(".index.json"):
+                index, names = name, []
+            else:
+                names = [name]
+        else:
+            if not here:
+                raise TargetNotFound(self.target, f"no files under {folder!r}" if folder else "the repository holds no files")
+            _, index, names, findings = choose(set(here), self.target)
+
+        def raw(path: str, limit: int) -> bytes | None:
+            got = settled.get(path, _STALE)
+            if got is _STALE or got is None:  # not probed, stale, or 404 at the branch while the commit lists it
+                got, _ = self.small(path, sha, limit, missing_ok=False)
+            return got
+
+        if index is not None:
+            ipath = prefix + index
+            index_raw = raw(ipath, MAX_INDEX_BYTES)
+            if index_raw is None:
+                raise TargetNotFound(self.where(ipath), "listed but could not be fetched")
+            weight_map, index_meta = parse_index(index_raw, self.where(ipath))
+            names = sorted(set(weight_map.values()))
+            for n in names:
+                _check_path(n, self.where(ipath))
+                if "/" in n:
+                    raise UnsafePath(self.where(ipath), f"shard {n!r} is not a file next to the index")
+                if n not in here:
+                    raise TargetNotFound(self.where(ipath), f"names shard {n!r}, which the repo does not hold at {sha[:12]}")
+            named = set(names)
+            for n in sorted(here):
+                if SHARD_PATTERN.match(n) and format_of(n) == format_of(names[0]) and n not in named:
+                    findings.append(Finding("unreferenced-shard", f"{n} is not named by {index}: not counted"))
+
+        sources = {}
+        for n in names:
+            path = prefix + n
+            probed = settled.get(path, _STALE)
+            if isinstance(probed, HttpFile) and probed.size() in (None, here.get(n)):
+                if probed._size is None:
+                    probed._size = here.get(n)
+                sources[n] = probed
+            else:
+                sources[n] = HttpFile(self._client(), self.url(path, sha), n, self.where(path), size=here.get(n))
+
+        config_raw = None
+        if "config.json" in here:
+            config_raw = raw(prefix + "config.json", MAX_CONFIG_BYTES)
+        reads = _read_all(sources)
+        for n, src in sources.items():
+            if src.range_ignored:
+                findings.append(Finding("range-ignored", f"{src.name}: the server ignored Range and sent the whole file; read {src.bytes_read} bytes, then closed the connection"))
+        ck = self.finish(reads, config_raw, index, weight_map, index_meta, findings, here, sha)
+        cache.save(
+            t.endpoint,
+            t.repo,
+            sha,
+            folder,
+            listing=files,
+            config=config_raw,
+            index=index_raw,
+            files={n: {"size": s.size(), "segments": cache.merge_segments([(o, _slice(s, o, ln)) for o, ln in s.served])} for n, s in sources.items()},
+        )
+        cache.save_ref(t.endpoint, t.repo, self.rev, sha)
+        return ck
+
+    def finish(self, reads, config_raw, index, weight_map, index_meta, findings, here, sha) -> Checkpoint:
+        folder = self.folder
+        prefix = f"{folder}/" if folder else ""
+        config = None
+        if config_raw is not None:
+            config = parse_config(config_raw, self.where(prefix + "config.json"))
+        ck = assemble(
+            self.target,
+            reads,
+            config=config,
+            config_file="config.json" if config_raw is not None else None,
+            index=index,
+            weight_map=weight_map,
+            index_meta=index_meta,
+            findings=findings,
+        )
+        c = self.client.counters if self.client else None
+        origin = {
+            "endpoint": self.t.endpoint,
+            "repo": self.t.repo,
+            "revision": self.rev,
+            "sha": sha,
+            "path": self.t.path,
+            "cached": self.cached,
+            "requests": c.requests if c else 0,
+            "bytes_received": c.bytes if c else 0,
+            "listing": MappingProxyType(dict(here)),
+        }
+        return replace(ck, origin=MappingProxyType(origin))
+
+    def replay(self, entry: dict) -> Checkpoint:
+        """Rebuild the Checkpoint from a cache entry: same bytes, same readers; a miss falls back to the network."""
+        self.cached = True
+        sha = entry["sha"]
+        folder = self.folder
+        prefix = f"{folder}/" if folder else ""
+        files = entry["listing"]
+        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        findings: list[Finding] = []
+        index = weight_map = None
+        index_meta: dict = {}
+        if self.t.is_file:
+            name = self.t.path.rsplit("/", 1)[-1]
+            index, names = (name, []) if name.endswith(".index.json") else (None, [name])
+        else:
+            _, index, names, findings = choose(set(here), self.target)
+        if index is not None:
+            weight_map, index_meta = parse_index(entry["index"], self.where(prefix + index))
+            names = sorted(set(weight_map.values()))
+            named = set(names)
+            for n in sorted(here):
+                if SHARD_PATTERN.match(n) and format_of(n) == format_of(names[0]) and n not in named:
+                    findings.append(Finding("unreferenced-shard", f"{n} is not named by {index}: not counted"))
+        reads = {}
+        for n in names:
+            f = entry["files"].get(n)
+            if f is None:
+                return self._refetch(sha)
+            src = cache.CachedFile(self.where(prefix + n), f["size"], f["segments"])
+            try:
+                reads[n] = read_file(src, n, self.where(prefix + n))
+            except cache.CacheMiss:
+                return self._refetch(sha)
+        return self.finish(reads, entry["config"], index, weight_map, index_meta, findings, here, sha)
+
+    def _refetch(self, sha: str) -> Checkpoint:
+        if offline():
+            from .http_source import OfflineError
+
+            raise OfflineError(self.target, "HF_HUB_OFFLINE is set and the cached headers are incomplete")
+        self.cached = False
+        sha, files = self.listing()
+        return self.fetch(sha, files, probes={})
+
+
+class _Stale:
+    pass
+
+
+_STALE = _Stale()
+
+
+def _slice(src, offset: int, length: int) -> bytes:
+    for seg in src.segments:
+        start, data = seg[0], seg[1]
+        if start <= offset and offset + length <= start + len(data):
+            return bytes(data[offset - start : offset - start + length])
+    raise AssertionError("served bytes must be in a segment")
+
+
+def _read_all(sources: dict) -> dict[str, FileRead]:
+    if len(sources) <= 1:
+        return {n: read_file(s, n, s.name) for n, s in sources.items()}
+    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
+        futures = {n: pool.submit(read_file, s, n, s.name) for n, s in sources.items()}
+        return {n: futures[n].result() for n in sources}
+
+
+def load_hub(target: str, revision: str | None = None, token: str | None = None) -> Checkpoint:
+    """Read the headers of a Hub target (repo id, hf:// path or resolve URL). Raises :class:`CkptError`."""
+    t = parse_target(target, revision)
+    return _Hub(target, t, token).run()

@@ -1,0 +1,378 @@
+"""A stand-in for the Hugging Face Hub on 127.0.0.1: real HTTP, real sockets, no mocks of the HTTP layer.
+
+Two servers: the Hub (API, ``resolve``) and a "CDN" on another port (so another origin), where ``resolve`` redirects
+LFS files (``*.safetensors``, ``*.bin``, ``*.gguf``), as the Hub does. Endpoints are the ones huggingface_hub and
+ckptcount call:
+
+- ``GET /api/models/<org>/<name>[/revision/<rev>]`` (``?blobs=true`` adds sizes): ``sha`` and ``siblings``;
+- ``GET /api/models/<org>/<name>/tree/<rev>[/<path>]``: the tree listing with sizes;
+- ``GET|HEAD /<org>/<name>/resolve/<rev>/<path>`` with ``Range`` (inclusive, 206 + ``Content-Range``), ``X-Repo-Commit``,
+  ``ETag``, ``X-Linked-Size``/``X-Linked-Etag`` on LFS redirects;
+- ``GET /api/agent-harnesses`` (huggingface_hub's once-a-day registry fetch);
+- errors as the Hub sends them: ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo.
+
+Faults are injected per request with :meth:`HubServer.fault`: a status (429 with ``Retry-After``, 503...), a
+connection reset in the middle of a body, a server that ignores ``Range`` (200 and the whole body), and latency
+(:attr:`HubServer.latency` for every request). Every request is logged with its start and end time, so tests count
+requests and sequential round trips exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass
+class Virtual:
+    """A file of ``size`` bytes that starts with ``head`` and continues with zeros, produced while it is sent."""
+
+    head: bytes
+    size: int
+
+    def chunk(self, start: int, end: int) -> bytes:
+        out = bytearray()
+        if start < len(self.head):
+            out += self.head[start : min(end, len(self.head))]
+        if end > len(self.head):
+            out += bytes(end - max(start, len(self.head)))
+        return bytes(out)
+
+
+@dataclass
+class Repo:
+    files: dict[str, bytes | Virtual]  # path -> content
+    sha: str
+    branches: dict[str, str] = field(default_factory=dict)  # extra refs: name -> sha (main -> sha is implicit)
+    private: bool = False
+    gated: bool = False
+    commits: dict[str, dict[str, bytes | Virtual]] = field(default_factory=dict)  # other shas -> files
+
+
+@dataclass
+class Logged:
+    host: str  # "hub" | "cdn"
+    method: str
+    path: str
+    range: str | None
+    auth: bool
+    status: int
+    start: float
+    end: float
+    sent: int  # body bytes written before the response ended (or the connection broke)
+
+
+@dataclass
+class Fault:
+    match: str  # regex on the request path (without query)
+    action: str  # "status" | "reset" | "ignore-range" | "sleep"
+    times: int  # how many matching requests it applies to
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    host: str = "hub"
+
+
+def sha_of(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def load_dir(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)).replace("\\", "/"): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class HubServer:
+    def __init__(self, token: str = "hf_test_token"):
+        self.repos: dict[str, Repo] = {}
+        self.token = token
+        self.log: list[Logged] = []
+        self.faults: list[Fault] = []
+        self.latency = 0.0
+        self.redirect_lfs = True
+        self._lock = threading.Lock()
+        self.hub = _Server(self, "hub")
+        self.cdn = _Server(self, "cdn")
+        self.url = self.hub.url
+        self.cdn_url = self.cdn.url
+
+    # -- setup
+    def add(self, repo_id: str, files: dict[str, bytes | Virtual], *, sha: str | None = None, **kw) -> Repo:
+        repo = Repo(files=dict(files), sha=sha or sha_of(repo_id + str(sorted(files))), **kw)
+        self.repos[repo_id] = repo
+        return repo
+
+    def fault(self, match: str, action: str, times: int = 1, **kw) -> Fault:
+        f = Fault(match, action, times, **kw)
+        with self._lock:
+            self.faults.append(f)
+        return f
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.log.clear()
+
+    def close(self) -> None:
+        self.hub.close()
+        self.cdn.close()
+
+    # -- measurements
+    def requests(self, host: str | None = None, path: str | None = None) -> list[Logged]:
+        return [r for r in self.log if (host is None or r.host == host) and (path is None or re.search(path, r.path))]
+
+    def round_trips(self) -> int:
+        """The longest chain of requests each started after the previous one ended: sequential round trips."""
+        reqs = sorted(self.log, key=lambda r: r.start)
+        depth: list[int] = []
+        for i, r in enumerate(reqs):
+            before = [depth[j] for j in range(i) if reqs[j].end <= r.start]
+            depth.append(1 + max(before, default=0))
+        return max(depth, default=0)
+
+    # -- internals used by the handler
+    def _take_fault(self, host: str, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.times > 0 and f.host == host and re.search(f.match, path):
+                    f.times -= 1
+                    return f
+        return None
+
+    def _resolve(self, repo: Repo, rev: str) -> tuple[str, dict] | None:
+        if rev == "main" or rev == repo.sha:
+            return repo.sha, repo.files
+        if rev in repo.branches:
+            sha = repo.branches[rev]
+            return sha, repo.commits.get(sha, repo.files)
+        if rev in repo.commits:
+            return rev, repo.commits[rev]
+        return None
+
+
+class _Server:
+    def __init__(self, owner: HubServer, host: str):
+        handler = type("Handler", (_Handler,), {"owner": owner, "host_kind": host})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: HubServer
+    host_kind: str
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    # -- plumbing
+    def _handle(self, method: str) -> None:
+        start = time.monotonic()
+        self._status, self._sent = 0, 0
+        path = urlparse(self.path).path
+        try:
+            if self.owner.latency:
+                time.sleep(self.owner.latency)
+            fault = self.owner._take_fault(self.host_kind, path)
+            if fault and fault.action == "sleep":
+                time.sleep(fault.seconds)
+                fault = None
+            if fault and fault.action == "status":
+                self._reply(fault.status, b"injected", headers=fault.headers)
+            elif self.host_kind == "cdn":
+                self._cdn(method, path, fault)
+            else:
+                self._hub(method, path, fault)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            with self.owner._lock:
+                self.owner.log.append(
+                    Logged(self.host_kind, method, path, self.headers.get("Range"), "Authorization" in self.headers, self._status, start, time.monotonic(), self._sent)
+                )
+
+    def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "text/plain", head: bool = False) -> None:
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head and body:
+            self.wfile.write(body)
+            self._sent = len(body)
+
+    def _json(self, obj, headers: dict | None = None) -> None:
+        self._reply(200, json.dumps(obj).encode(), headers, "application/json")
+
+    def _error(self, status: int, code: str | None, message: str, head: bool = False) -> None:
+        headers = {"X-Error-Message": message}
+        if code:
+            headers["X-Error-Code"] = code
+        self._reply(status, json.dumps({"error": message}).encode(), headers, "application/json", head=head)
+
+    def _authorized(self, repo: Repo) -> bool:
+        return self.headers.get("Authorization") == f"Bearer {self.owner.token}"
+
+    def _repo(self, repo_id: str, head: bool = False) -> Repo | None:
+        repo = self.owner.repos.get(repo_id)
+        if repo is None or (repo.private and not self._authorized(repo)):
+            # The Hub answers 401 RepoNotFound without a token, 404 with one: it never confirms a private repo exists.
+            status = 404 if "Authorization" in self.headers else 401
+            self._error(status, "RepoNotFound", "Repository not found", head)
+            return None
+        if repo.gated and not self._authorized(repo):
+            self._error(401 if "Authorization" not in self.headers else 403, "GatedRepo", "Access to this model is restricted", head)
+            return None
+        return repo
+
+    # -- the Hub
+    def _hub(self, method: str, path: str, fault: Fault | None) -> None:
+        head = method == "HEAD"
+        if path == "/api/agent-harnesses":
+            return self._json({"standardEnvVars": [], "harnesses": {}})
+        m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?$", path)
+        if m:
+            repo = self._repo(m.group(1))
+            if repo is None:
+                return
+            rev = unquote(m.group(3) or "main")
+            got = self.owner._resolve(repo, rev)
+            if got is None:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            sha, files = got
+            query = parse_qs(urlparse(self.path).query)
+            if m.group(2) == "tree":
+                prefix = unquote((m.group(4) or "").strip("/"))
+                rec = query.get("recursive", ["false"])[0].lower() == "true"
+                out = []
+                for p, c in sorted(files.items()):
+                    if prefix and not p.startswith(prefix + "/"):
+                        continue
+                    rest = p[len(prefix) + 1 :] if prefix else p
+                    if "/" in rest and not rec:
+                        continue
+                    size = _size(c)
+                    entry = {"type": "file", "oid": sha_of(p), "size": size, "path": p}
+                    if p.endswith(LFS_SUFFIXES):
+                        entry["lfs"] = {"oid": hashlib.sha256(p.encode()).hexdigest(), "size": size, "pointerSize": 134}
+                    out.append(entry)
+                return self._json(out)
+            blobs = query.get("blobs", ["false"])[0].lower() == "true"
+            siblings = []
+            for p, c in sorted(files.items()):
+                s = {"rfilename": p}
+                if blobs:
+                    s["size"] = _size(c) if not p.endswith(LFS_SUFFIXES) else 134
+                    s["blobId"] = sha_of(p)
+                    if p.endswith(LFS_SUFFIXES):
+                        s["lfs"] = {"sha256": hashlib.sha256(p.encode()).hexdigest(), "size": _size(c), "pointerSize": 134}
+                siblings.append(s)
+            return self._json({"id": m.group(1), "modelId": m.group(1), "sha": sha, "private": repo.private, "gated": repo.gated, "siblings": siblings})
+        m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if m:
+            repo = self._repo(m.group(1), head)
+            if repo is None:
+                return
+            rev, file = unquote(m.group(2)), unquote(m.group(3))
+            got = self.owner._resolve(repo, rev)
+            if got is None:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
+            sha, files = got
+            if file not in files:
+                return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}", head)
+            content = files[file]
+            etag = f'"{sha_of(sha + file)}"'
+            common = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes"}
+            if file.endswith(LFS_SUFFIXES) and self.owner.redirect_lfs and (fault is None or fault.action != "ignore-range"):
+                # LFS: redirect to the CDN host with a signed-looking URL, as the Hub does (the token must not follow).
+                location = f"{self.owner.cdn_url}/repos/{quote(m.group(1))}/{sha}/{quote(file)}?X-Signature=abc"
+                headers = {**common, "Location": location, "X-Linked-Size": str(_size(content)), "X-Linked-Etag": etag}
+                return self._reply(302, b"", headers, head=head)
+            return self._serve(content, common, head, fault)
+        return self._error(404, None, f"no route {path}", head)
+
+    # -- the CDN
+    def _cdn(self, method: str, path: str, fault: Fault | None) -> None:
+        m = re.match(r"^/repos/([^/]+)/([^/]+)/([0-9a-f]{40})/(.+)$", path)
+        if not m or "X-Signature" not in self.path:
+            return self._error(403, None, "bad signature", method == "HEAD")
+        repo = self.owner.repos.get(unquote(m.group(1)) + "/" + unquote(m.group(2)))
+        files = None
+        if repo is not None:
+            files = repo.files if m.group(3) == repo.sha else repo.commits.get(m.group(3))
+        file = unquote(m.group(4))
+        if not files or file not in files:
+            return self._error(404, None, "no such object", method == "HEAD")
+        self._serve(files[file], {"ETag": f'"{sha_of(file)}"', "Accept-Ranges": "bytes"}, method == "HEAD", fault)
+
+    def _serve(self, content: bytes | Virtual, headers: dict, head: bool, fault: Fault | None) -> None:
+        size = _size(content)
+        rng = self.headers.get("Range")
+        ignore = fault is not None and fault.action == "ignore-range"
+        start, end = 0, size  # end exclusive
+        status = 200
+        if rng and not ignore:
+            mm = re.match(r"^bytes=(\d+)-(\d*)$", rng.strip())
+            if not mm:
+                return self._reply(416, b"", {"Content-Range": f"bytes */{size}"})
+            start = int(mm.group(1))
+            end = min(size, int(mm.group(2)) + 1) if mm.group(2) else size
+            if start >= size:
+                return self._reply(416, b"", {"Content-Range": f"bytes */{size}"})
+            status = 206
+            headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if head:
+            return
+        reset_at = None
+        if fault is not None and fault.action == "reset":
+            reset_at = start + max(1, (end - start) // 2)
+        pos = start
+        while pos < end:
+            stop = min(end, pos + 65536)
+            if reset_at is not None and stop >= reset_at:
+                stop = reset_at
+            data = content.chunk(pos, stop) if isinstance(content, Virtual) else content[pos:stop]
+            self.wfile.write(data)
+            self._sent += len(data)
+            pos = stop
+            if reset_at is not None and pos >= reset_at:
+                self.wfile.flush()
+                # Drop the connection mid-body: RST, so the client sees a broken read, not a clean end.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
+                return
+
+
+def _size(content: bytes | Virtual) -> int:
+    return content.size if isinstance(content, Virtual) else len(content)
