@@ -62,12 +62,10 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
         ],
         "findings": [{"kind": f.kind, "message": f.message} for f in ck.findings],
     }
-    if ck.origin:  # Hub targets: which commit was read, and what it cost
-        d["hub"] = {k: ck.origin.get(k) for k in ("endpoint", "repo", "revision", "sha", "path", "cached", "requests", "bytes_received")}
-    if report.preflight is not None:  # Hub targets, or --dtype/--max-size/--fits
-        from .preflight import to_dict
-
-        d["preflight"] = to_dict(report.preflight)
+    if report.quantization is not None:  # quantized checkpoints only (GGUF, GPTQ, AWQ, bitsandbytes, FP8, MXFP4...)
+        d["quantization"] = report.quantization
+    if report.moe is not None:  # mixture-of-experts models only
+        d["moe"] = report.moe
     if report.verification is not None:
         _verification(d, report)
     if layers:
@@ -161,10 +159,7 @@ def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
         out.append((f"bytes {dtype}", _n(v.bytes)))
     ties = "; ".join(" = ".join(safe(n) for n in g.names) for g in report.ties)
     out.append(("ties", ties or "none"))
-    if report.preflight is not None:
-        from .preflight import rows as preflight_rows
-
-        out += preflight_rows(report.preflight)
+    out += quant_moe_rows(report)
     if layers:
         for layer, v in c.by_layer.items():
             out.append((f"  layer {layer}", _n(v.elements)))
@@ -244,3 +239,22 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+def quant_moe_rows(report: Report) -> list[tuple[str, str]]:
+    """Table rows for quantized checkpoints (logical parameters, bits per weight, metadata) and MoE (total vs active)."""
+    out: list[tuple[str, str]] = []
+    q = report.quantization
+    if q is not None:
+        label = q["method"] + (f" {q['bits']}-bit" if q.get("bits") else "") + (f" ({q['file_type']})" if q.get("file_type") else "")
+        out.append(("quantization", safe(str(label))))
+        out.append(("stored elements in file", _n(q["stored_elements_in_file"])))
+        bpw = q["bits_per_weight"]
+        out.append(("bits per quantized weight", f"{bpw:.3f}" if bpw is not None else "n/a"))
+        meta = q["metadata"]
+        out.append(("quant metadata", f"{_n(meta['elements'])} in {meta['tensors']} tensors ({_n(meta['bytes'])} bytes)"))
+    m = report.moe
+    if m is not None:
+        out.append(("moe experts (per token)", f"{m['experts']} ({m['experts_per_token']})"))
+        out.append(("moe active per token", _n(m["active"]) if m["active"] is not None else "unknown"))
+    return out
