@@ -103,6 +103,7 @@ class Checkpoint:
     findings: tuple[Finding, ...] = ()
     ties: tuple["TieGroup", ...] = ()  # ties a reader saw directly (torch zip shared storage); merged by tying
     index_metadata: Mapping = field(default_factory=lambda: MappingProxyType({}))  # a sharded index's "metadata"
+    origin: Mapping = field(default_factory=lambda: MappingProxyType({}))  # Hub targets: repo, revision, sha, listing...
 
 
 # Components, in report order.
@@ -229,6 +230,7 @@ class Report:
     classified: tuple[Classified, ...]
     ties: tuple[TieGroup, ...]
     counts: Counts
+    preflight: object | None = None  # preflight.Preflight: download and memory costs, when asked or for Hub targets
     verification: Verification | None = None  # set by ckptcount.verify.verify_report
     quantization: Mapping | None = None  # set by ckptcount.quant for quantized checkpoints (GGUF, GPTQ, AWQ...)
     moe: Mapping | None = None  # set by ckptcount.moe for mixture-of-experts models: total vs active per token

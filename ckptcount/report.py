@@ -62,6 +62,12 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
         ],
         "findings": [{"kind": f.kind, "message": f.message} for f in ck.findings],
     }
+    if ck.origin:  # Hub targets: which commit was read, and what it cost
+        d["hub"] = {k: ck.origin.get(k) for k in ("endpoint", "repo", "revision", "sha", "path", "cached", "requests", "bytes_received")}
+    if report.preflight is not None:  # Hub targets, or --dtype/--max-size/--fits
+        from .preflight import to_dict
+
+        d["preflight"] = to_dict(report.preflight)
     if report.quantization is not None:  # quantized checkpoints only (GGUF, GPTQ, AWQ, bitsandbytes, FP8, MXFP4...)
         d["quantization"] = report.quantization
     if report.moe is not None:  # mixture-of-experts models only
@@ -159,6 +165,10 @@ def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
         out.append((f"bytes {dtype}", _n(v.bytes)))
     ties = "; ".join(" = ".join(safe(n) for n in g.names) for g in report.ties)
     out.append(("ties", ties or "none"))
+    if report.preflight is not None:
+        from .preflight import rows as preflight_rows
+
+        out += preflight_rows(report.preflight)
     out += quant_moe_rows(report)
     if layers:
         for layer, v in c.by_layer.items():
