@@ -59,3 +59,9 @@ class ReadError(CkptError):
     """The operating system refused a read (permissions, I/O error) or the file ended early."""
 
     kind = "read-error"
+
+
+class TorchFileError(CkptError):
+    """A PyTorch checkpoint (torch zip or legacy pickle stream) is malformed, hostile, or not a torch file."""
+
+    kind = "invalid-torch-file"

@@ -21,6 +21,7 @@ class FileRead:
     tensors: tuple[TensorRecord, ...]
     ties: tuple[TieGroup, ...] = ()
     findings: tuple[Finding, ...] = ()
+    data_bytes: int | None = None  # tensor data bytes, each shared storage once (torch zip); None: sum of tensors
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,19 @@ class Layout:
 LAYOUTS: tuple[Layout, ...] = (
     Layout("safetensors", "model.safetensors.index.json", "model.safetensors", ".safetensors"),
     Layout("gguf", None, None, ".gguf"),  # llama.cpp; split sets -00001-of-0000N.gguf carry split.* keys, no index
+    Layout("pytorch", "pytorch_model.bin.index.json", "pytorch_model.bin", ".bin"),  # torch.save zip (or pre-1.6 pickle)
 )
+
+# Further suffixes of a format (format_of): torch.save files are .bin (transformers), .pt/.pth, .ckpt (Lightning).
+EXTRA_SUFFIXES = {"pytorch": (".pt", ".pth", ".ckpt")}
+# torch.save files that hold training state, not weights (transformers Trainer / accelerate checkpoint folders):
+# never picked when a directory is counted (name them directly to read them).
+AUXILIARY = re.compile(r"^(?:training_args\.bin|optimizer(?:_\d+)?\.(?:pt|bin)|scheduler(?:_\d+)?\.(?:pt|bin)|scaler(?:_\d+)?\.pt|rng_state(?:_\d+)?\.pth)$")
+
+
+def auxiliary(name: str) -> bool:
+    """A file of a checkpoint folder that is training state (optimizer, scheduler, RNG), not the model's weights."""
+    return bool(AUXILIARY.match(name.rsplit("/", 1)[-1]))
 
 SHARD_PATTERN = re.compile(r".*-\d{5}-of-\d{5}\.[A-Za-z0-9]+$")
 
@@ -46,6 +59,8 @@ def format_of(name: str) -> str | None:
     """The format a file name announces, or None."""
     for layout in LAYOUTS:
         if name.endswith(layout.suffix) or (layout.index and name.endswith(layout.index.split(".", 1)[1])):
+            return layout.format
+        if name.endswith(EXTRA_SUFFIXES.get(layout.format, ())):
             return layout.format
     return None
 
@@ -71,6 +86,10 @@ READERS = {"safetensors": read_safetensors}
 from .gguf import read_gguf  # noqa: E402  (gguf imports FileRead from here lazily)
 
 READERS["gguf"] = read_gguf
+
+from .torch_zip import read_pytorch  # noqa: E402  (torch_zip imports FileRead from here lazily)
+
+READERS["pytorch"] = read_pytorch
 
 
 def read_file(source: ByteSource, name: str, where: str) -> FileRead:

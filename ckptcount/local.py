@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from .config import parse_config
 from .errors import ConfigError, ShardIndexError, TargetNotFound
-from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, format_of, read_file
+from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
 from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
 from .sources import LocalFile, inside
@@ -86,7 +86,7 @@ def assemble(
     if weight_map is not None and index is not None:
         findings.extend(cross_check(weight_map, reads, index))
         total_size = (index_meta or {}).get("total_size")
-        data = sum(t.nbytes for r in reads.values() for t in r.tensors)
+        data = sum(sum(t.nbytes for t in r.tensors) if r.data_bytes is None else r.data_bytes for r in reads.values())
         if isinstance(total_size, int) and total_size != data:
             findings.append(Finding("index-mismatch", f"{index}: metadata.total_size is {total_size} but the shards hold {data} data bytes"))
     formats = sorted({r.record.format for r in reads.values()})
@@ -113,7 +113,7 @@ def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], 
     findings: list[Finding] = []
     chosen = None
     for layout in LAYOUTS:
-        of_format = sorted(n for n in names if format_of(n) == layout.format and not n.endswith(".json"))
+        of_format = sorted(n for n in names if format_of(n) == layout.format and not n.endswith(".json") and not auxiliary(n))
         indexes = sorted(n for n in names if layout.index and n.endswith(layout.index.split(".", 1)[1]) and n.endswith(".index.json"))
         if layout.index in names:
             pick = (layout, layout.index, [])
@@ -127,6 +127,8 @@ def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], 
             pick = (layout, None, of_format)
             if layout.index is not None:  # GGUF split sets have no index by design
                 findings.append(Finding("no-index", f"{len(of_format)} {layout.format} shards and no index: counted them all"))
+        elif of_format and chosen is not None:  # another format was already chosen: only say these are ignored
+            pick = (layout, None, of_format)
         elif of_format:
             raise TargetNotFound(where, f"{len(of_format)} {layout.suffix} files and no index; name one: {', '.join(of_format[:5])}")
         else:

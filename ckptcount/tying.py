@@ -45,6 +45,7 @@ class _Groups:
         self.parent: dict[str, str] = {}
         self.evidence: dict[str, list[str]] = {}
         self.counted: dict[str, bool] = {}
+        self.rank: dict[str, int] = {}  # reader order (torch zip views: the covering tensor first, counted)
 
     def find(self, x: str) -> str:
         self.parent.setdefault(x, x)
@@ -73,7 +74,7 @@ class _Groups:
             members.setdefault(self.find(x), []).append(x)
         out = []
         for root, names in members.items():
-            names.sort(key=lambda n: (n not in stored, component_of(n) != TOKEN_EMBEDDING, n))
+            names.sort(key=lambda n: (n not in stored, self.rank.get(n, 0), component_of(n) != TOKEN_EMBEDDING, n))
             out.append(
                 TieGroup(
                     names=tuple(names),
@@ -93,6 +94,8 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tup
     for g in checkpoint.ties:  # ties a reader saw directly (e.g. shared storage in a torch zip)
         for other in g.names[1:]:
             groups.join(g.names[0], other, g.evidence, g.counted_once)
+        if g.evidence.startswith("shared storage (views"):  # torch zip: names[0] covers the views; keep it first
+            groups.rank.update({n: 1 for n in g.names[1:]})
 
     for f in checkpoint.files:
         for dropped, kept in f.metadata.items():

@@ -1,0 +1,100 @@
+"""Legacy (pre-1.6, non-zip) ``torch.save`` files: five pickles in a row, then the raw storages.
+
+Layout (torch/serialization.py ``_legacy_save``): pickle(MAGIC_NUMBER 0x1950a86a20f9469cfc6c), pickle(1001),
+pickle(sys_info), pickle(obj) whose storages are persistent ids ``('storage', type, key, location, numel, view)``,
+pickle(sorted storage keys), then per key an 8-byte element count and the storage bytes. The pickles are read with the
+same inert :class:`~ckptcount.torch_zip.PickleMachine` as zip files, from a prefix of the file that grows (64 KiB,
+doubling) until the storage-key list has been parsed; the storages themselves are never read: their sizes follow from
+the persistent ids, and the file size must equal the end of the key list plus those sizes.
+
+The older tar format (torch < 0.4) is recognised and refused with a message that says what it is.
+"""
+
+from __future__ import annotations
+
+from .errors import TorchFileError
+from .torch_zip import (
+    ITEMSIZE,
+    MAX_PICKLE_BYTES,
+    Truncated,
+    TorchRead,
+    _storage,
+    check_storages,
+    storage_ties,
+    unpickle,
+    unsafe_findings,
+    walk,
+)
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+FIRST_READ = 64 * 1024
+
+
+def legacy_storage(pid: object, m):
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+        raise m._error("persistent id is not ('storage', type, key, location, numel, view)")
+    _, stype, key, location, numel, view = pid
+    if view is not None:
+        raise m._error("legacy storage views (torch < 0.4) are not supported")
+    return _storage(stype, key, location, numel, m)
+
+
+def _no_storage(pid: object, m):
+    raise m._error("persistent id outside the main pickle")
+
+
+def read_legacy(source, name: str, where: str) -> TorchRead:
+    size = source.size()
+    if size is None:
+        raise TorchFileError(where, "file size unknown")
+    length = min(size, FIRST_READ)
+    reads = got_bytes = 0
+    while True:
+        buf = source.read(0, length)
+        reads += 1
+        got_bytes += len(buf)
+        if len(buf) != length:
+            raise TorchFileError(where, f"file ended after {len(buf)} of {length} bytes")
+        try:
+            return _parse(buf, size, name, where, partial=length < size, reads=reads, got=got_bytes)
+        except Truncated:
+            if length >= min(size, MAX_PICKLE_BYTES):
+                raise TorchFileError(where, f"pickles run past the first {length} bytes without ending (limit {MAX_PICKLE_BYTES})") from None
+            length = min(size, length * 2, MAX_PICKLE_BYTES)
+
+
+def _parse(buf: bytes, size: int, name: str, where: str, *, partial: bool, reads: int, got: int) -> TorchRead:
+    if len(buf) >= 262 and buf[257:262] == b"ustar":
+        raise TorchFileError(where, "a legacy tar-format torch file (torch < 0.4): not supported; re-save it with torch.save")
+    if not buf.startswith(b"\x80"):
+        raise TorchFileError(where, "neither a zip archive nor a pickle stream: not a PyTorch checkpoint")
+    magic, pos = unpickle(buf, where, _no_storage, 0, partial)
+    if magic.root != MAGIC_NUMBER:
+        raise TorchFileError(where, "pickle stream without torch's magic number: not a PyTorch checkpoint (a plain pickle?)")
+    version, pos = unpickle(buf, where, _no_storage, pos, partial)
+    if version.root != PROTOCOL_VERSION:
+        raise TorchFileError(where, f"legacy torch protocol version {version.root!r}, expected {PROTOCOL_VERSION}")
+    _sys_info, pos = unpickle(buf, where, _no_storage, pos, partial)
+    start = pos
+    main, pos = unpickle(buf, where, legacy_storage, pos, partial)
+    pickle_bytes = pos - start
+    keys, pos = unpickle(buf, where, _no_storage, pos, partial)
+    if not isinstance(keys.root, list) or not all(isinstance(k, str) for k in keys.root):
+        raise TorchFileError(where, "storage key list is not a list of strings")
+    walked = walk(main.root, name)
+    records, data_bytes, extra = check_storages(walked, None, where, name)
+    declared = {t.storage.key: t.storage for _, t in walked.tensors}
+    listed = list(keys.root)
+    if set(listed) != set(declared) or len(listed) != len(set(listed)):
+        raise TorchFileError(where, f"storage key list ({len(listed)} keys) does not match the {len(declared)} storages the tensors use")
+    expected = pos + sum(8 + s.numel * ITEMSIZE[s.dtype] for s in declared.values() if s.dtype)
+    if any(s.dtype is None for s in declared.values()):
+        raise TorchFileError(where, "untyped storage in a legacy file")
+    if expected != size:
+        raise TorchFileError(where, f"storages need {expected - pos} bytes after the pickles but the file holds {size - pos}")
+    ties, tie_findings = storage_ties(walked.tensors, name)
+    findings = unsafe_findings(main, name) + list(walked.findings) + list(tie_findings) + extra
+    for other in (magic, version, _sys_info, keys):
+        findings += unsafe_findings(other, name)
+    return TorchRead(tuple(records), ties, tuple(findings), pickle_bytes, data_bytes, got, reads)
