@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 
 from .records import (
     ATTENTION,
@@ -87,46 +88,76 @@ def buffer_reason(t: TensorRecord) -> str | None:
     """Why ``t`` is not a trainable parameter, or None when it is one."""
     if t.dtype in NON_FLOAT_DTYPES:
         return f"{t.dtype} tensor (integer/bool tensors are never parameters)"
-    for pattern, reason in BUFFER_ROWS:
-        if pattern.search(t.name):
-            # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
-            if reason == "causal mask" and t.name.endswith(".bias") and len(t.shape) == 1 and "masked_bias" not in t.name:
-                continue
-            return reason
-    return None
+    reason = _buffer_name(_DIGITS.sub("0", t.name))
+    # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
+    if reason == "causal mask" and len(t.shape) == 1 and not t.name.endswith("masked_bias"):
+        return None
+    return reason
+
+
+_DIGITS = re.compile(r"\d+")
 
 
 def component_of(name: str) -> str | None:
-    stem, _ = split_suffix(name)
+    # Layers and experts repeat the same stems with other numbers: classify each shape of name once.
+    return _component_of_shape(_DIGITS.sub("0", split_suffix(name)[0]))
+
+
+@lru_cache(maxsize=65536)
+def _component_of_shape(stem: str) -> str | None:
     for pattern, component in COMPONENT_ROWS:
         if pattern.search(stem):
             return component
     return None
 
 
+@lru_cache(maxsize=65536)
+def _buffer_name(shape_of_name: str) -> str | None:
+    for pattern, reason in BUFFER_ROWS:
+        if pattern.search(shape_of_name):
+            return reason
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _by_shape(shape_of_name: str) -> tuple[str | None, str | None, bool, bool]:
+    """(buffer reason by name, component, ends in 'bias', has a layer index) for a name with its numbers zeroed."""
+    return (
+        _buffer_name(shape_of_name),
+        _component_of_shape(split_suffix(shape_of_name)[0]),
+        shape_of_name.endswith("bias"),
+        LAYER.search(shape_of_name) is not None,
+    )
+
+
 def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Classified, ...]:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
     Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
-    Linear's bias always sits next to its weight matrix); anything else is ``other``.
+    Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
+    numbers (layers, experts) share one table lookup.
     """
     ranks: dict[str, int] = defaultdict(int)
     for t in tensors:
-        stem, _ = split_suffix(t.name)
-        ranks[stem] = max(ranks[stem], len(t.shape))
+        stem = split_suffix(t.name)[0]
+        if len(t.shape) > ranks[stem]:
+            ranks[stem] = len(t.shape)
     out = []
     for t in tensors:
-        reason = buffer_reason(t)
-        layer = layer_of(t.name)
-        if reason is not None:
-            out.append(Classified(t, BUFFER, None, layer, reason))
+        buffer_by_name, component, ends_bias, has_layer = _by_shape(_DIGITS.sub("0", t.name))
+        layer = layer_of(t.name) if has_layer else None
+        rank = len(t.shape)
+        if t.dtype in NON_FLOAT_DTYPES:
+            out.append(Classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
             continue
-        stem, _ = split_suffix(t.name)
-        kind = BIAS if len(t.shape) == 1 and t.name.endswith("bias") else WEIGHT
-        component = component_of(t.name)
+        # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
+        if buffer_by_name is not None and not (buffer_by_name == "causal mask" and rank == 1 and not t.name.endswith("masked_bias")):
+            out.append(Classified(t, BUFFER, None, layer, buffer_by_name))
+            continue
+        kind = BIAS if rank == 1 and ends_bias else WEIGHT
         why = "name"
         if component is None:
-            if len(t.shape) <= 1 and ranks[stem] <= 1:
+            if rank <= 1 and ranks[split_suffix(t.name)[0]] <= 1:
                 component, why = NORM, "vector without a matrix beside it"
             else:
                 component, why = OTHER, "no row matched"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from types import MappingProxyType
 
 from .classify import component_of
@@ -12,6 +13,7 @@ from .records import (
     EMBEDDING_COMPONENTS,
     POSITION_EMBEDDING,
     TOKEN_EMBEDDING,
+    WEIGHT,
     BufferGroup,
     Classified,
     Counts,
@@ -19,16 +21,6 @@ from .records import (
     Tally,
     TieGroup,
 )
-
-
-def _add(d: dict, key, elements: int, nbytes: int | None = None) -> None:
-    old = d.get(key)
-    if nbytes is None:
-        d[key] = Tally((old.tensors if old else 0) + 1, (old.elements if old else 0) + elements)
-    else:
-        d[key] = DtypeTally(
-            (old.tensors if old else 0) + 1, (old.elements if old else 0) + elements, (old.bytes if old else 0) + nbytes
-        )
 
 
 def counted_names(ties: tuple[TieGroup, ...]) -> tuple[set[str], dict[str, str]]:
@@ -59,10 +51,10 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
     dropped, override = counted_names(ties)
     seen: set[str] = set()
     parameters = stored = buffer_elements = 0
-    weights = biases = Tally()
-    by_component: dict = {}
-    by_layer: dict = {}
-    by_dtype: dict = {}
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements] accumulators
+    by_component: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     buffers: dict[str, list] = {}
     numel = {}
     for c in classified:
@@ -70,7 +62,10 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         n = t.numel
         numel.setdefault(t.name, n)
         stored += n
-        _add(by_dtype, t.dtype, n, t.nbytes)
+        acc = by_dtype[t.dtype]
+        acc[0] += 1
+        acc[1] += n
+        acc[2] += t.nbytes
         if c.kind == BUFFER:
             buffer_elements += n
             buffers.setdefault(c.reason, []).append(t)
@@ -79,15 +74,19 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
             continue
         seen.add(t.name)
         parameters += n
-        if c.kind == BIAS:
-            biases = Tally(biases.tensors + 1, biases.elements + n)
-        else:
-            weights = Tally(weights.tensors + 1, weights.elements + n)
-        _add(by_component, override.get(t.name, c.component), n)
+        acc = kinds[c.kind]
+        acc[0] += 1
+        acc[1] += n
+        acc = by_component[override.get(t.name, c.component) if override else c.component]
+        acc[0] += 1
+        acc[1] += n
         if c.layer is not None:
-            _add(by_layer, c.layer, n)
+            acc = by_layer[c.layer]
+            acc[0] += 1
+            acc[1] += n
     untied = parameters + sum((len(g.names) - 1) * numel[g.stored[0]] for g in ties if g.counted_once and g.stored)
-    component = {k: by_component.get(k, Tally()) for k in COMPONENTS}
+    weights, biases = Tally(*kinds[WEIGHT]), Tally(*kinds[BIAS])
+    component = {k: Tally(*by_component[k]) if k in by_component else Tally() for k in COMPONENTS}
     embedding = sum(component[k].elements for k in EMBEDDING_COMPONENTS)
     return Counts(
         parameters=parameters,
@@ -97,8 +96,8 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         weights=weights,
         biases=biases,
         by_component=MappingProxyType(component),
-        by_layer=MappingProxyType(dict(sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0])))),
-        by_dtype=MappingProxyType(dict(sorted(by_dtype.items()))),
+        by_layer=MappingProxyType({k: Tally(*v) for k, v in sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0]))}),
+        by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(by_dtype.items())}),
         buffers=tuple(
             BufferGroup(reason, len(ts), sum(t.numel for t in ts), tuple(t.name for t in ts)) for reason, ts in buffers.items()
         ),

@@ -54,24 +54,28 @@ def header_length(first8: bytes, where: str, file_size: int | None) -> int:
     return n
 
 
-def read_header(source: ByteSource, where: str | None = None) -> Header:
-    """Read exactly the 8-byte length and the N header bytes from ``source``, then validate them."""
+def read_header(source: ByteSource, where: str | None = None, file: str | None = None) -> Header:
+    """Read exactly the 8-byte length and the N header bytes from ``source``, then validate them.
+
+    ``file`` is the name the tensor records carry (default: ``where``)."""
     where = where or source.name
     size = source.size()
     n = header_length(source.read(0, 8), where, size)
     buf = source.read(8, n)
     if len(buf) != n:
         raise ReadError(where, f"file ended after {len(buf)} of the {n} header bytes")
-    return parse_header(buf, where, size)
+    return parse_header(buf, where, size, file)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    seen: dict = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        seen[key] = value
-    return seen
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return obj
 
 
 class _Duplicate(Exception):
@@ -108,38 +112,41 @@ def _j(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_uint(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _U64_MAX
+_BITS = dict(DTYPE_BITS)
 
 
 def _tensor(name: str, info: object, where: str, file: str) -> TensorRecord:
-    if not isinstance(info, dict):
+    if type(info) is not dict:
         raise HeaderError(where, f"tensor {_q(name)} is a JSON {type(info).__name__}, not an object")
-    for key in ("dtype", "shape", "data_offsets"):
-        if key not in info:
-            raise HeaderError(where, f"tensor {_q(name)} has no {key!r}")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+    try:
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    except KeyError as e:
+        raise HeaderError(where, f"tensor {_q(name)} has no {e.args[0]!r}") from None
+    bits = _BITS.get(dtype) if type(dtype) is str else None
+    if bits is None:
         raise HeaderError(where, f"tensor {_q(name)} has unknown dtype {_q(str(dtype), 40)}")
-    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+    if type(shape) is not list:
         raise HeaderError(where, f"tensor {_q(name)} has invalid shape {_j(shape)}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
-        raise HeaderError(where, f"tensor {_q(name)} has invalid data_offsets {_j(offsets)}")
-    begin, end = offsets
-    if end < begin:
-        raise HeaderError(where, f"tensor {_q(name)} has data_offsets [{begin}, {end}] that end before they begin")
-    bits = DTYPE_BITS[dtype]
     numel = 1
     for d in shape:
+        if type(d) is not int or d < 0:
+            raise HeaderError(where, f"tensor {_q(name)} has invalid shape {_j(shape)}")
         numel *= d
-        if numel * bits > _U64_MAX:
+        if numel > _U64_MAX:  # keeps the product a bounded integer whatever the header says
             raise HeaderError(where, f"tensor {_q(name)} shape {shape} overflows 64 bits")
-    if numel * bits % 8:
-        raise HeaderError(where, f"tensor {_q(name)} is {numel * bits} bits of {dtype}, not a whole number of bytes")
-    nbytes = numel * bits // 8
-    if end - begin != nbytes:
-        raise HeaderError(where, f"tensor {_q(name)} declares {nbytes} bytes but its offsets span {end - begin}")
-    return TensorRecord(name=name, dtype=dtype, shape=tuple(shape), file=file, begin=begin, end=end)
+    if not (type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int and type(offsets[1]) is int and offsets[0] >= 0):
+        raise HeaderError(where, f"tensor {_q(name)} has invalid data_offsets {_j(offsets)}")
+    begin, end = offsets
+    if end < begin or end > _U64_MAX:
+        raise HeaderError(where, f"tensor {_q(name)} has data_offsets [{begin}, {end}] that end before they begin" if end < begin else f"tensor {_q(name)} has data_offsets beyond 64 bits")
+    nbits = numel * bits
+    if nbits > _U64_MAX:
+        raise HeaderError(where, f"tensor {_q(name)} shape {shape} overflows 64 bits")
+    if nbits % 8:
+        raise HeaderError(where, f"tensor {_q(name)} is {nbits} bits of {dtype}, not a whole number of bytes")
+    if end - begin != nbits // 8:
+        raise HeaderError(where, f"tensor {_q(name)} declares {nbits // 8} bytes but its offsets span {end - begin}")
+    return TensorRecord(name, dtype, tuple(shape), file, begin, end)
 
 
 def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None = None) -> Header:
