@@ -42,7 +42,7 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
     results = audit_many(list(targets), **{k: v for k, v in options.items() if v is not None})
     if verify_ties:
-        results = _verify(results, device)
+        results = _verify(results, device, token)
     for r in results:
         if isinstance(r, CkptError):
             click.echo(f"Error: {safe(str(r))}", err=True)
@@ -62,7 +62,7 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     sys.exit(exit_code(results, strict=strict))
 
 
-def _verify(results: list, device: str) -> list:
+def _verify(results: list, device: str, token: str | None = None) -> list:
     """--verify-ties: content checks of the embedding/head pair and each tie (ckptcount.verify); progress on stderr."""
     from .verify import StderrProgress, VerifyError, resolve, verify_results
 
@@ -74,7 +74,7 @@ def _verify(results: list, device: str) -> list:
     if engine.name == "numpy":
         click.echo("ckptcount: torch is not installed: verifying with numpy on the CPU (pip install 'ckptcount[torch]'; a CUDA build of torch for the GPU)", err=True)
     progress = StderrProgress() if sys.stderr.isatty() else None
-    return verify_results(results, engine=engine, progress=progress)
+    return verify_results(results, engine=engine, progress=progress, token=token)
 
 
 def exit_code(results: list, *, strict: bool) -> int:

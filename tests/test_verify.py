@@ -1,0 +1,370 @@
+"""--verify-ties: content checks of the token embedding against the output head, and of tied pairs.
+
+Tiny real checkpoints, written by transformers and safetensors. Every expected number (Pearson r, max |diff|, the
+identical flag, mean/std/min/max) is computed here with numpy from the tensors that were saved, never from ckptcount:
+r = np.corrcoef in float64 over the head's orientation. The torch, numpy and blockwise paths must agree with it to 1e-6,
+and the bytes read must be exactly the tensors' spans.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from click.testing import CliRunner  # noqa: E402
+from safetensors.torch import load_file, save_file, save_model  # noqa: E402
+
+from ckptcount import audit  # noqa: E402
+from ckptcount.cli import main  # noqa: E402
+from ckptcount.records import DTYPE_BITS  # noqa: E402
+from ckptcount.verify import (  # noqa: E402
+    TORCH_DTYPES,
+    Located,
+    compare,
+    fp8_values,
+    local_opener,
+    resolve,
+    verify_report,
+)
+
+T = transformers
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+V, D = 96, 32
+
+
+def _llama_cfg(tied: bool):
+    return T.LlamaConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=V, tie_word_embeddings=tied)
+
+
+def _write(folder: Path, tensors: dict, config: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """name -> (folder, embedding tensor, head tensor as stored or None)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("verify")
+    out = {}
+
+    # untied LLaMA written by transformers: independent random matrices, r ~ 0
+    m = T.LlamaForCausalLM(_llama_cfg(False))
+    m.save_pretrained(root / "llama-untied")
+    sd = m.state_dict()
+    out["llama-untied"] = (root / "llama-untied", sd["model.embed_tokens.weight"], sd["lm_head.weight"])
+    cfg = json.loads((root / "llama-untied" / "config.json").read_text())
+
+    # Qwen3 tied by config AND lm_head stored as a full duplicate (as in Qwen/Qwen3-0.6B)
+    q = T.Qwen3ForCausalLM(T.Qwen3Config(hidden_size=D, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, head_dim=16, vocab_size=V, tie_word_embeddings=True))
+    q.save_pretrained(root / "qwen3-dup")
+    sd = load_file(str(root / "qwen3-dup" / "model.safetensors"))
+    assert "lm_head.weight" not in sd  # transformers drops the tied head...
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()  # ...the Hub repo stores it anyway
+    save_file(sd, str(root / "qwen3-dup" / "model.safetensors"), metadata={"format": "pt"})
+    out["qwen3-dup"] = (root / "qwen3-dup", sd["model.embed_tokens.weight"], sd["lm_head.weight"])
+
+    # GPT-2 tied, safetensors.torch.save_model: one matrix, kept under the lexicographically first name (lm_head)
+    g = T.GPT2LMHeadModel(T.GPT2Config(n_embd=D, n_layer=1, n_head=2, vocab_size=V, n_positions=16))
+    (root / "gpt2-save-model").mkdir()
+    save_model(g, str(root / "gpt2-save-model" / "model.safetensors"))
+    g.config.to_json_file(root / "gpt2-save-model" / "config.json")
+    out["gpt2-save-model"] = (root / "gpt2-save-model", g.transformer.wte.weight.detach().clone(), None)
+
+    emb = sd["model.embed_tokens.weight"]
+    norm = torch.ones(D)
+    near = emb + 1e-3 * torch.randn_like(emb)
+    other = torch.randn_like(emb)
+    untied = dict(cfg, tie_word_embeddings=False)
+    tied = dict(cfg, tie_word_embeddings=True)
+    cases = {
+        "near-copy": ({"model.embed_tokens.weight": emb, "lm_head.weight": near}, untied),
+        "tied-different": ({"model.embed_tokens.weight": emb, "lm_head.weight": other}, tied),
+        "untied-identical": ({"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone()}, untied),
+        "transposed-identical": ({"model.embed_tokens.weight": emb, "lm_head.weight": emb.t().contiguous()}, untied),
+        "transposed-near": ({"model.embed_tokens.weight": emb, "lm_head.weight": near.t().contiguous()}, untied),
+        "bf16-near": ({"model.embed_tokens.weight": emb.bfloat16(), "lm_head.weight": near.bfloat16()}, untied),
+        "f16-vs-f8": ({"model.embed_tokens.weight": emb.half(), "lm_head.weight": emb.to(torch.float8_e4m3fn)}, untied),
+    }
+    for name, (tensors, config) in cases.items():
+        tensors = dict(tensors, **{"model.norm.weight": norm})
+        _write(root / name, tensors, config)
+        out[name] = (root / name, tensors["model.embed_tokens.weight"], tensors["lm_head.weight"])
+    return out
+
+
+def _f64(t) -> np.ndarray:
+    return t.detach().to(torch.float64).numpy()
+
+
+def _expected(emb, head) -> dict:
+    """The oracle, in the head's orientation: a [D, V] head is compared with the embedding transposed."""
+    e = _f64(emb)
+    h = _f64(head)
+    if h.shape != e.shape:
+        e = e.T
+    same = emb.dtype == head.dtype and bool(
+        np.array_equal(emb.contiguous().view(torch.uint8).numpy().reshape(*emb.shape, -1).transpose(*((1, 0, 2) if h.shape != tuple(emb.shape) else (0, 1, 2))),
+                       head.contiguous().view(torch.uint8).numpy().reshape(*head.shape, -1))
+    )
+    return {"r": float(np.corrcoef(e.ravel(), h.ravel())[0, 1]), "diff": float(np.abs(e - h).max()), "identical": same}
+
+
+def _verify(folder, **kw):
+    opener = local_opener(str(folder))
+    report = verify_report(audit(str(folder)), open_source=opener, **kw)
+    return report, opener
+
+
+PAIRS = ["llama-untied", "qwen3-dup", "near-copy", "tied-different", "untied-identical", "transposed-identical",
+         "transposed-near", "bf16-near", "f16-vs-f8"]
+
+
+@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_embedding_vs_head_matches_numpy_oracle(ckpts, name, backend):
+    folder, emb, head = ckpts[name]
+    want = _expected(emb, head)
+    report, opener = _verify(folder, backend=backend, device="cpu")
+    v = report.verification
+    c = v.embedding_vs_head
+    assert (v.embedding, v.head) == ("model.embed_tokens.weight", "lm_head.weight")
+    assert c.skipped is None
+    assert c.pearson_r == pytest.approx(want["r"], abs=1e-9)
+    assert c.max_abs_diff == pytest.approx(want["diff"], abs=1e-12)
+    assert c.identical is want["identical"]
+    assert c.orientation == ("transposed" if name.startswith("transposed") else "same")
+    assert (c.backend, c.device) == (backend, "cpu")
+    # stats of each tensor against numpy
+    s = c.stats["lm_head.weight"]
+    h = _f64(head)
+    assert (s["mean"], s["std"], s["min"], s["max"]) == pytest.approx((h.mean(), h.std(), h.min(), h.max()), rel=1e-9, abs=1e-12)
+    # bytes read are exactly the two tensors' spans, counted by the file source
+    spans = emb.numel() * emb.element_size() + head.numel() * head.element_size()
+    assert c.bytes_read == spans
+    assert sum(f.bytes_read for f in opener.opened.values()) == spans
+
+
+def test_findings_per_case(ckpts):
+    kinds = {}
+    for name in PAIRS:
+        report, _ = _verify(ckpts[name][0])
+        kinds[name] = sorted(f.kind for f in report.checkpoint.findings)
+    assert kinds == {
+        "llama-untied": [],  # r ~ 0, untied: nothing to say
+        "qwen3-dup": [],  # tied by config and an exact duplicate: consistent
+        "near-copy": ["near-copy"],
+        "tied-different": ["tied-but-different"],
+        "untied-identical": ["untied-but-identical"],
+        "transposed-identical": ["untied-but-identical"],
+        "transposed-near": ["near-copy"],
+        "bf16-near": ["near-copy"],
+        "f16-vs-f8": ["near-copy"],  # fp8 rounding of the same matrix: r > 0.99, different bytes (and dtypes)
+    }
+    assert abs(_expected(*ckpts["llama-untied"][1:])["r"]) < 0.2
+
+
+def test_blockwise_torch_numpy_agree(ckpts):
+    """One row per block, a few rows, everything in one block; torch and numpy: all within 1e-6 (in fact ~1e-12)."""
+    folder, emb, head = ckpts["transposed-near"]
+    report = audit(str(folder))
+    files = {f.path: f for f in report.checkpoint.files}
+    got = []
+    for backend in ("torch", "numpy"):
+        for block in (1, 4096, 10**9):
+            opener = local_opener(str(folder))
+            loc = {}
+            for t in report.checkpoint.tensors:
+                loc[t.name] = Located(t, opener(t.file), 8 + files[t.file].header_bytes + t.begin)
+            c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=resolve("cpu", backend), block_bytes=block)
+            got.append((c.pearson_r, c.max_abs_diff, c.stats["model.embed_tokens.weight"]["std"]))
+            assert c.bytes_read == emb.numel() * 4 * 2
+    want = _expected(emb, head)
+    for r, d, s in got:
+        assert r == pytest.approx(want["r"], abs=1e-6)
+        assert d == pytest.approx(want["diff"], abs=1e-6)
+        assert s == pytest.approx(got[0][2], rel=1e-9)
+        assert r == pytest.approx(got[0][0], abs=1e-12)
+
+
+def test_structural_tie_save_model(ckpts):
+    folder, wte, _ = ckpts["gpt2-save-model"]
+    report, opener = _verify(folder)
+    v = report.verification
+    assert set(v.stored) == {"lm_head.weight"}  # save_model kept the lexicographically first name
+    assert (v.embedding, v.head) == ("transformer.wte.weight", "lm_head.weight")
+    c = v.embedding_vs_head
+    assert c.orientation == "structural" and c.pearson_r == 1.0 and c.identical is True
+    x = _f64(wte)
+    s = c.stats["lm_head.weight"]
+    assert (s["mean"], s["std"], s["min"], s["max"]) == pytest.approx((x.mean(), x.std(), x.min(), x.max()), rel=1e-9, abs=1e-12)
+    assert c.bytes_read == wte.numel() * 4 == sum(f.bytes_read for f in opener.opened.values())
+    (tie,) = [g for g in report.ties if "lm_head.weight" in g.names]
+    assert v.ties[tie.names] is c
+    assert not report.checkpoint.findings
+
+
+def test_fp8_and_bf16_decoding_matches_torch():
+    """The pure-Python fp8 tables (numpy path) against torch's own casts, for all 256 codes of every format."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    for dtype, attr in TORCH_DTYPES.items():
+        if not dtype.startswith("F8"):
+            continue
+        want = codes.view(getattr(torch, attr)).to(torch.float64).numpy()
+        got = np.array(fp8_values(dtype))
+        assert np.array_equal(np.isnan(got), np.isnan(want)), dtype
+        assert np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)]), dtype
+    x = torch.randn(1000).bfloat16()
+    numpy_engine = resolve("cpu", "numpy")
+    raw = bytearray(x.view(torch.uint16).numpy().tobytes())
+    assert np.array_equal(numpy_engine.decode(raw, "BF16"), x.double().numpy())
+    assert torch.equal(resolve("cpu", "torch").decode(raw, "BF16"), x.double())
+
+
+@pytest.mark.parametrize("dtype", ["F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F8_E8M0", "F16", "F64"])
+def test_every_dtype_pair_torch_equals_numpy(tmp_path, dtype):
+    torch.manual_seed(1)
+    t_dtype = getattr(torch, TORCH_DTYPES[dtype])
+    emb = (torch.rand(40, 8) + 0.1).to(t_dtype)  # positive: F8_E8M0 holds powers of two only
+    head = (torch.rand(40, 8) + 0.1).to(t_dtype)
+    folder = _write(tmp_path / dtype, {"model.embed_tokens.weight": emb, "lm_head.weight": head}, {"tie_word_embeddings": False})
+    results = [_verify(folder, backend=b, device="cpu")[0].verification.embedding_vs_head for b in ("torch", "numpy")]
+    want = _expected(emb, head)
+    for c in results:
+        assert c.pearson_r == pytest.approx(want["r"], abs=1e-9)
+        assert c.max_abs_diff == pytest.approx(want["diff"], abs=1e-12)
+        assert c.bytes_read == 2 * 40 * 8 * DTYPE_BITS[dtype] // 8
+
+
+def test_cli_json_strict_and_exit_codes(ckpts):
+    runner = CliRunner()
+    folder = str(ckpts["tied-different"][0])
+    r = runner.invoke(main, [folder, "--verify-ties", "--format", "json", "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)["targets"][0]
+    evh = d["embedding_vs_head"]
+    assert (evh["embedding"], evh["head"]) == ("model.embed_tokens.weight", "lm_head.weight")
+    want = _expected(*ckpts["tied-different"][1:])
+    assert evh["verification"]["pearson_r"] == pytest.approx(want["r"], abs=1e-9)
+    assert evh["verification"]["identical"] is False and evh["verification"]["device"] == "cpu"
+    assert [f["kind"] for f in d["findings"]] == ["tied-but-different"]
+    tie = next(t for t in d["ties"] if "lm_head.weight" in t["names"])
+    assert tie["verification"]["bytes_read"] == 2 * V * D * 4
+    assert runner.invoke(main, [folder, "--verify-ties", "--strict"]).exit_code == 4
+    assert runner.invoke(main, [str(ckpts["qwen3-dup"][0]), "--verify-ties", "--strict"]).exit_code == 0
+    assert runner.invoke(main, [folder, "--strict"]).exit_code == 0  # without --verify-ties nothing is read
+    # the table: one note line, stdout only; nothing on stderr (no progress bar when stderr is not a terminal)
+    r = runner.invoke(main, [str(ckpts["transposed-identical"][0]), "--verify-ties"])
+    assert "head stored transposed" in r.stdout and "untied-but-identical" in r.stdout and r.stderr == ""
+
+
+def test_cli_cuda_without_cuda_is_one_line_exit_2(ckpts):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = CliRunner().invoke(main, [str(ckpts["qwen3-dup"][0]), "--verify-ties", "--device", "cuda"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("Error: --device: cuda: torch") and r.stderr.count("\n") == 1
+    assert r.stdout == ""
+
+
+def test_without_torch_numpy_path_and_message(ckpts, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    r = CliRunner().invoke(main, [str(ckpts["near-copy"][0]), "--verify-ties", "--format", "json"])
+    assert r.exit_code == 0
+    assert "pip install 'ckptcount[torch]'" in r.stderr
+    c = json.loads(r.stdout)["targets"][0]["embedding_vs_head"]["verification"]
+    assert (c["backend"], c["device"]) == ("numpy", "cpu")
+    assert c["pearson_r"] == pytest.approx(_expected(*ckpts["near-copy"][1:])["r"], abs=1e-9)
+    r = CliRunner().invoke(main, [str(ckpts["near-copy"][0]), "--verify-ties", "--device", "cuda"])
+    assert r.exit_code == 2 and "CUDA" in r.stderr
+
+
+def test_header_only_fixture_is_not_verified():
+    report = verify_report(audit(str(FIXTURES / "gpt2")), device="cpu")
+    kinds = [f.kind for f in report.checkpoint.findings]
+    assert kinds == ["not-verified"]
+    assert "holds only its header" in report.checkpoint.findings[0].message
+    assert report.verification.embedding_vs_head.bytes_read == 0
+
+
+def test_torch_bin_shared_storage_needs_no_read(tmp_path):
+    """torch.save of a tied model: both names view one storage; the check says so without reading data."""
+    g = T.GPT2LMHeadModel(T.GPT2Config(n_embd=D, n_layer=1, n_head=2, vocab_size=V, n_positions=16))
+    (tmp_path / "bin").mkdir()
+    torch.save(g.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    g.config.to_json_file(tmp_path / "bin" / "config.json")
+    report = audit(str(tmp_path / "bin"))
+    if report.checkpoint.format != "pytorch":
+        pytest.skip("no PyTorch zip reader in this tree")
+    v = verify_report(report, device="cpu").verification
+    c = v.embedding_vs_head
+    assert c.orientation == "shared-storage" and c.identical is True and c.bytes_read == 0
+    assert not [f for f in report.checkpoint.findings if f.kind in ("tied-but-different", "not-verified")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(ckpts):
+    for name in ("transposed-near", "bf16-near", "f16-vs-f8", "tied-different"):
+        folder, emb, head = ckpts[name]
+        gpu = _verify(folder, device="cuda")[0].verification.embedding_vs_head
+        cpu = _verify(folder, device="cpu", backend="numpy")[0].verification.embedding_vs_head
+        assert gpu.device == "cuda" and gpu.backend == "torch"
+        assert gpu.pearson_r == pytest.approx(cpu.pearson_r, abs=1e-6)
+        assert gpu.max_abs_diff == pytest.approx(cpu.max_abs_diff, abs=1e-6)
+        assert gpu.identical is cpu.identical
+        assert not math.isnan(gpu.pearson_r)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hubserver import HubServer
+
+    from ckptcount import http_source
+
+    server = HubServer()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
+    yield server
+    server.close()
+
+
+def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
+    """Over the test Hub (real HTTP, LFS redirected to a CDN origin): range requests for exactly the tensors' bytes."""
+    from hubserver import load_dir
+
+    import ckptcount.verify as verify
+
+    monkeypatch.setattr(verify, "READ_CHUNK", 4096)  # several chunks per span, read in parallel
+    folder, emb, head = ckpts["transposed-near"]
+    hub.add("org/transposed-near", load_dir(folder))
+    report = audit("org/transposed-near")
+    assert report.checkpoint.origin
+    hub.reset_log()
+    out = verify_report(report, device="cpu", block_bytes=D * 40 * 64)
+    c = out.verification.embedding_vs_head
+    local = _verify(folder, device="cpu")[0].verification.embedding_vs_head
+    assert c.pearson_r == pytest.approx(local.pearson_r, abs=1e-12)  # other block size: merge order differs
+    assert (c.max_abs_diff, c.identical, c.orientation) == (local.max_abs_diff, local.identical, "transposed")
+    spans = 2 * V * D * 4
+    assert c.bytes_read == spans
+    data = [r for r in hub.requests() if r.range and r.status == 206]
+    assert sum(r.sent for r in data) == spans
+    assert all(r.host == "cdn" for r in data[1:])  # after the first redirect, reads go straight to the CDN
+    r = CliRunner().invoke(main, ["org/transposed-near", "--verify-ties", "--strict"])
+    assert r.exit_code == 4 and "near-copy" in r.stdout
