@@ -1,0 +1,396 @@
+"""Hub audits against a real HTTP server on 127.0.0.1 (tests/hubserver.py): exact reports, errors, exit codes and
+request counts. Expected numbers come from /work/shared/FACTS.md (transformers on the meta device) and, for the
+checkpoints written here, from torch itself; never from ckptcount's own output."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ckptcount import http_source
+from ckptcount.api import audit, audit_many
+from ckptcount.cli import main
+from ckptcount.errors import CkptError
+from ckptcount.http_source import FIRST_BLOCK
+from ckptcount.report import to_json
+
+from hubserver import HubServer, Virtual, load_dir
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+# FACTS.md: the GPT-2 family as stored on the Hub.
+GPT2 = {
+    "gpt2": (124_439_808, 137_022_720, 160),
+    "gpt2-medium": (354_823_168, 379_988_992, 316),
+    "gpt2-large": (774_030_080, 811_778_816, 472),
+    "gpt2-xl": (1_557_611_200, 1_607_942_848, 628),
+}
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    server = HubServer()
+    for name in GPT2:
+        server.add(f"openai-community/{name}", load_dir(FIXTURES / name))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
+    yield server
+    server.close()
+
+
+def _comparable(report) -> dict:
+    """The JSON of a report without what legitimately differs between a local path and the Hub."""
+    d = json.loads(to_json([report]))["targets"][0]
+    for key in ("target", "hub", "preflight"):
+        d.pop(key, None)
+    for f in d["files"]:  # local: the 8 + N header bytes; Hub: the bytes received (the speculative block)
+        f.pop("bytes_read")
+    return d
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], *, header_len: int | None = None, metadata: dict | None = None) -> tuple[bytes, int]:
+    """A safetensors header for zero-filled tensors, space-padded to exactly ``header_len`` bytes; (head, file size)."""
+    bits = {"F32": 32, "F16": 16, "BF16": 16, "I64": 64}
+    obj, offset = {}, 0
+    if metadata:
+        obj["__metadata__"] = metadata
+    for name, (dtype, shape) in tensors.items():
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * bits[dtype] // 8
+        obj[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    if header_len is not None:
+        assert len(raw) <= header_len
+        raw += b" " * (header_len - len(raw))
+    return struct.pack("<Q", len(raw)) + raw, 8 + len(raw) + offset
+
+
+# -- the GPT-2 family: same report as local, exact counts, request plan ---------------------------------------------
+
+
+def test_gpt2_family_same_report_as_local_path(hub):
+    targets = [f"openai-community/{n}" for n in GPT2]
+    remote = audit_many(targets)
+    for name, report in zip(GPT2, remote):
+        assert not isinstance(report, CkptError), report
+        params, stored, tensors = GPT2[name]
+        assert report.counts.parameters == params
+        assert report.counts.stored_elements == stored
+        assert len(report.checkpoint.tensors) == tensors
+        assert _comparable(report) == _comparable(audit(str(FIXTURES / name)))
+        assert report.checkpoint.origin["sha"] == hub.repos[f"openai-community/{name}"].sha
+    # Per repo: listing + config + model.safetensors probe (302 -> CDN 206) + index probe (404): 5 requests.
+    assert len(hub.log) == 5 * len(GPT2)
+    assert len(hub.requests("cdn")) == len(GPT2)
+    assert all(r.status == 206 and r.range == f"bytes=0-{FIRST_BLOCK - 1}" for r in hub.requests("cdn"))
+
+
+def test_single_file_round_trips_and_requests(hub):
+    hub.latency = 0.05
+    report = audit("openai-community/gpt2")
+    assert report.counts.parameters == 124_439_808
+    paths = sorted((r.host, r.path, r.status) for r in hub.log)
+    assert paths == [
+        ("cdn", f"/repos/openai-community/gpt2/{hub.repos['openai-community/gpt2'].sha}/model.safetensors", 206),
+        ("hub", "/api/models/openai-community/gpt2/revision/main", 200),
+        ("hub", "/openai-community/gpt2/resolve/main/config.json", 200),
+        ("hub", "/openai-community/gpt2/resolve/main/model.safetensors", 302),
+        ("hub", "/openai-community/gpt2/resolve/main/model.safetensors.index.json", 404),
+    ]
+    # All probes start together; the CDN hop of the redirect is the only sequential step.
+    assert hub.round_trips() == 2
+    assert report.checkpoint.origin["requests"] == 5
+    assert report.checkpoint.files[0].bytes_read == 14_347  # the header-only fixture is shorter than the first block
+
+
+# -- real checkpoints written here, counted by torch ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sharded(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=211, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("tiny-sharded")
+    model.save_pretrained(folder, max_shard_size="40KB")
+    oracle = sum(p.numel() for p in model.parameters())  # torch dedups the tied head
+    return folder, oracle
+
+
+def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
+    folder, oracle = tiny_sharded
+    files = load_dir(folder)
+    shards = sorted(n for n in files if n.endswith(".safetensors"))
+    assert len(shards) >= 3
+    hub.add("test/tiny-sharded", files)
+    hub.latency = 0.05
+    report = audit("test/tiny-sharded")
+    assert report.counts.parameters == oracle
+    assert _comparable(report) == _comparable(audit(str(folder)))
+    assert [f.bytes_read for f in report.checkpoint.files] == [min(len(files[s]), FIRST_BLOCK) for s in shards]
+    # listing + config + index (probe) + model.safetensors probe (404) + per shard 302 and CDN 206.
+    assert len(hub.requests("hub")) == 4 + len(shards)
+    assert len(hub.requests("cdn")) == len(shards)
+    assert hub.round_trips() == 3
+    assert report.preflight.bytes_by_format == {"safetensors": sum(len(files[s]) for s in shards)}
+    assert report.preflight.download_bytes == sum(len(files[s]) for s in shards)
+
+
+def test_subfolder_url_and_revision_forms(hub, tiny_sharded):
+    folder, oracle = tiny_sharded
+    files = {f"weights/{k}": v for k, v in load_dir(folder).items()}
+    repo = hub.add("test/nested", {**files, "README.md": b"# nested\n"})
+    assert audit("hf://test/nested/weights").counts.parameters == oracle
+    assert audit(f"hf://test/nested@{repo.sha}/weights").counts.parameters == oracle
+    single = load_dir(FIXTURES / "gpt2")
+    hub.add("test/single", single)
+    url = f"{hub.url}/test/single/resolve/main/model.safetensors"
+    r = audit(url)
+    assert r.counts.parameters == 124_439_808
+    assert r.checkpoint.config_file == "config.json"  # next to the file, as for a local file
+    with pytest.raises(CkptError) as e:
+        audit("test/nested", revision="v9")
+    assert str(e.value) == "test/nested@v9: revision not found (HTTP 404)"
+    with pytest.raises(CkptError) as e:
+        audit("test/nested@v1", revision="v2")
+    assert str(e.value) == "test/nested@v1: names revision 'v1' but --revision is 'v2'"
+
+
+# -- the speculative first block, across its boundary ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delta", [-3, -2, -1, 0, 1, 2, 3])
+def test_header_sizes_across_the_first_block(hub, delta):
+    n = FIRST_BLOCK - 8 + delta  # header length N; the first block holds 8 + N bytes exactly when delta <= 0
+    head, size = safetensors_bytes({"w": ("F32", [512, 512]), "b": ("F32", [512])}, header_len=n)
+    hub.add("test/boundary", {"model.safetensors": Virtual(head, size)})
+    report = audit("test/boundary")
+    assert report.counts.stored_elements == 512 * 512 + 512
+    f = report.checkpoint.files[0]
+    assert (f.header_bytes, f.size) == (n, size)
+    cdn = hub.requests("cdn")
+    if delta <= 0:
+        assert [r.range for r in cdn] == [f"bytes=0-{FIRST_BLOCK - 1}"]
+        assert f.bytes_read == FIRST_BLOCK
+    else:  # exactly the rest, straight to the CDN location (no second redirect)
+        assert [r.range for r in cdn] == [f"bytes=0-{FIRST_BLOCK - 1}", f"bytes={FIRST_BLOCK}-{8 + n - 1}"]
+        assert f.bytes_read == 8 + n
+    assert len(hub.requests("hub", "model.safetensors$")) == 1
+
+
+# -- auth ------------------------------------------------------------------------------------------------------------
+
+
+def test_private_repo_needs_a_token(hub, monkeypatch, tmp_path):
+    hub.add("org/private", load_dir(FIXTURES / "gpt2"), private=True)
+    runner = CliRunner()
+    r = runner.invoke(main, ["org/private"])
+    assert r.exit_code == 1
+    assert r.stderr == "Error: org/private: repository not found (HTTP 401); if it is private or gated, pass --token, set HF_TOKEN, or run `hf auth login`\n"
+    assert r.stdout == ""
+    r = runner.invoke(main, ["org/private", "--token", "hf_wrong"])
+    assert (r.exit_code, r.stderr) == (1, "Error: org/private: repository not found (HTTP 404)\n")
+    hub.reset_log()
+    r = runner.invoke(main, ["org/private", "--token", hub.token, "--format", "json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["targets"][0]["parameters"] == 124_439_808
+    assert all(x.auth for x in hub.requests("hub")) and not any(x.auth for x in hub.requests("cdn"))
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "fresh"))  # no cached entry: HF_TOKEN alone must open it
+    assert audit("org/private").counts.parameters == 124_439_808
+
+
+def test_gated_repo_says_how_to_get_access(hub):
+    hub.add("org/gated", load_dir(FIXTURES / "gpt2"), gated=True)
+    r = CliRunner().invoke(main, ["org/gated"])
+    assert r.exit_code == 1
+    assert r.stderr == "Error: org/gated: gated repository (HTTP 401): accept its terms on the Hub, then pass --token, set HF_TOKEN, or run `hf auth login`\n"
+
+
+def test_not_found_says_repo_revision_or_file(hub):
+    r = CliRunner().invoke(main, ["org/missing", "openai-community/gpt2", f"{hub.url}/openai-community/gpt2/resolve/main/nope.safetensors"])
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == [
+        "Error: org/missing: repository not found (HTTP 401); if it is private or gated, pass --token, set HF_TOKEN, or run `hf auth login`",
+        "Error: openai-community/gpt2/nope.safetensors: no such file at main",
+    ]
+    assert "124,439,808" in r.stdout  # the good target is still reported
+
+
+def test_repo_without_checkpoint_says_what_it_holds(hub):
+    hub.add("org/tf-only", {"README.md": b"x", "config.json": b"{}", "tf_model.h5": b"\x89HDF"})
+    with pytest.raises(CkptError) as e:
+        audit("org/tf-only")
+    assert str(e.value) == "org/tf-only: no checkpoint file here (holds: README.md, config.json, tf_model.h5)"
+
+
+# -- faults ----------------------------------------------------------------------------------------------------------
+
+
+def test_429_then_success_honours_retry_after(hub):
+    hub.fault(r"/api/models/", "status", times=1, status=429, headers={"Retry-After": "0"})
+    report = audit("openai-community/gpt2")
+    assert report.counts.parameters == 124_439_808
+    assert [r.status for r in hub.requests("hub", "^/api/models/")] == [429, 200]
+    assert report.checkpoint.origin["requests"] == 6
+
+
+def test_503_twice_then_success_and_503_forever(hub):
+    hub.fault(r"config\.json$", "status", times=2, status=503)
+    assert audit("openai-community/gpt2").checkpoint.config["n_layer"] == 12
+    assert [r.status for r in hub.requests("hub", r"config\.json$")] == [503, 503, 200]
+    hub.fault(r"/api/models/openai-community/gpt2-medium/", "status", times=99, status=503)
+    with pytest.raises(CkptError) as e:
+        audit("openai-community/gpt2-medium")
+    assert str(e.value) == "openai-community/gpt2-medium: gave up after 5 tries (HTTP 503)"
+    assert len(hub.requests("hub", "^/api/models/openai-community/gpt2-medium/")) == 5
+
+
+def test_long_retry_after_fails_at_once(hub):
+    hub.fault(r"/api/models/", "status", times=9, status=429, headers={"Retry-After": "3600"})
+    r = CliRunner().invoke(main, ["openai-community/gpt2"])
+    assert (r.exit_code, r.stderr) == (1, "Error: openai-community/gpt2: rate limited (HTTP 429): the server asks to retry after 3600 s\n")
+    assert len(hub.requests("hub", "^/api/models/")) == 1
+
+
+def test_connection_reset_mid_body_is_retried(hub):
+    hub.fault(r"model\.safetensors$", "reset", times=1, host="cdn")
+    report = audit("openai-community/gpt2")
+    assert report.counts.parameters == 124_439_808
+    cdn = hub.requests("cdn")
+    assert len(cdn) == 2 and 0 < cdn[0].sent < 14_347 and cdn[1].sent == 14_347
+
+
+def test_server_ignoring_range_is_read_only_as_far_as_needed(hub):
+    elements = 64 * 1024 * 1024
+    head, size = safetensors_bytes({"w": ("F32", [elements])}, header_len=200)  # a 256 MB answer to a Range request
+    hub.add("test/norange", {"model.safetensors": Virtual(head, size)})
+    hub.fault(r"model\.safetensors$", "ignore-range", times=9)
+    report = audit("test/norange")
+    assert report.counts.stored_elements == elements
+    f = report.checkpoint.files[0]
+    assert f.bytes_read == FIRST_BLOCK
+    assert [(x.kind, x.message) for x in report.checkpoint.findings] == [
+        ("range-ignored", f"test/norange/model.safetensors: the server ignored Range and sent the whole file; read {FIRST_BLOCK} bytes, then closed the connection")
+    ]
+    served = hub.requests("hub", r"model\.safetensors$")
+    assert [r.status for r in served] == [200]
+    assert served[0].sent < size // 4  # the server could not push the body: the client closed the connection
+
+
+def test_content_range_must_match(hub):
+    # A 206 whose Content-Range disagrees with the listing's size is refused, not trusted.
+    head, size = safetensors_bytes({"w": ("F32", [8])})
+    hub.add("test/liar", {"model.safetensors": Virtual(head, size)})
+    from ckptcount.http_source import HttpFile, HubClient
+
+    client = HubClient(hub.url)
+    f = HttpFile(client, f"{hub.url}/test/liar/resolve/main/model.safetensors", "model.safetensors", "test/liar/model.safetensors", size=size + 1)
+    with pytest.raises(CkptError) as e:
+        f.read(0, 8)
+    assert str(e.value) == f"test/liar/model.safetensors: the server says the file is {size} bytes but the listing says {size + 1}"
+
+
+# -- index paths are untrusted ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shard, message",
+    [
+        ("../other/model.safetensors", "path '../other/model.safetensors' is not a plain relative path inside the repo"),
+        ("/etc/passwd", "path '/etc/passwd' is not a plain relative path inside the repo"),
+        ("sub/model-00001-of-00001.safetensors", "shard 'sub/model-00001-of-00001.safetensors' is not a file next to the index"),
+        ("model-00009-of-00009.safetensors", "names shard 'model-00009-of-00009.safetensors', which the repo does not hold at "),
+    ],
+)
+def test_index_names_that_escape_or_do_not_exist(hub, shard, message):
+    index = json.dumps({"metadata": {}, "weight_map": {"w": shard}}).encode()
+    head, size = safetensors_bytes({"w": ("F32", [4])})
+    repo = hub.add("test/evil", {"model.safetensors.index.json": index, "sub/model-00001-of-00001.safetensors": Virtual(head, size)})
+    with pytest.raises(CkptError) as e:
+        audit("test/evil")
+    expected = f"test/evil/model.safetensors.index.json: {message}" + (repo.sha[:12] if message.endswith("at ") else "")
+    assert str(e.value) == expected
+    assert hub.requests("cdn") == []  # nothing was fetched for it
+
+
+# -- cache and offline -----------------------------------------------------------------------------------------------
+
+
+def test_cache_second_audit_one_request_sha_none_offline_none(hub, monkeypatch, tmp_path):
+    first = audit("openai-community/gpt2-xl")
+    sha = first.checkpoint.origin["sha"]
+    hub.reset_log()
+    again = audit("openai-community/gpt2-xl")
+    assert [r.path for r in hub.log] == ["/api/models/openai-community/gpt2-xl/revision/main"]
+    assert again.checkpoint.origin["cached"] is True
+    assert _comparable(again) == _comparable(first)
+    hub.reset_log()
+    assert audit("openai-community/gpt2-xl", revision=sha).counts.parameters == 1_557_611_200
+    assert hub.log == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = audit("openai-community/gpt2-xl")
+    assert hub.log == [] and _comparable(offline) == _comparable(first)
+    r = CliRunner().invoke(main, ["openai-community/gpt2-large"])
+    assert (r.exit_code, r.stderr) == (1, "Error: openai-community/gpt2-large: HF_HUB_OFFLINE is set and openai-community/gpt2-large@main has no cached headers; audit it once online\n")
+    assert hub.log == []
+    leftovers = [p for p in (tmp_path / "hf").rglob(".tmp-*")]
+    assert leftovers == []
+
+
+def test_cache_follows_a_moved_branch_and_survives_corruption(hub, tmp_path):
+    audit("openai-community/gpt2")
+    repo = hub.repos["openai-community/gpt2"]
+    medium = load_dir(FIXTURES / "gpt2-medium")
+    repo.commits[repo.sha] = dict(repo.files)
+    repo.files, repo.sha = medium, "f" * 40  # main now points at a new commit
+    hub.reset_log()
+    assert audit("openai-community/gpt2").counts.parameters == 354_823_168
+    assert len(hub.log) > 1  # resolved, then fetched
+    for entry in (tmp_path / "hf" / "ckptcount").rglob("*.json"):
+        entry.write_text("{not json")
+    hub.reset_log()
+    assert audit("openai-community/gpt2").counts.parameters == 354_823_168
+    assert len(hub.requests("cdn")) == 1
+
+
+# -- preflight -------------------------------------------------------------------------------------------------------
+
+
+def test_preflight_json_and_checks(hub):
+    runner = CliRunner()
+    r = runner.invoke(main, ["openai-community/gpt2", "--format", "json", "--dtype", "bf16", "--fits", "1GiB", "--max-size", "20GB"])
+    assert r.exit_code == 0, r.stderr
+    pf = json.loads(r.stdout)["targets"][0]["preflight"]
+    stored = 137_022_720  # FACTS: stored elements, all F32
+    assert pf == {
+        "bytes_by_format": {"safetensors": 14_347},
+        "download_bytes": 14_347,
+        "memory_bytes": {"stored": stored * 4, "bf16": stored * 2},
+        "checks": [
+            {"option": "--max-size", "limit": 20 * 10**9, "value": 14_347, "measures": "download", "ok": True},
+            {"option": "--fits", "limit": 2**30, "value": stored * 2, "measures": "memory at bf16", "ok": True},
+        ],
+    }
+    r = runner.invoke(main, ["openai-community/gpt2", "openai-community/gpt2-xl", "--dtype", "int4", "--fits", "500MB"])
+    assert r.exit_code == 3
+    assert r.stderr == "Check failed: openai-community/gpt2-xl: memory at int4 803,971,424 B (0.80 GB, 0.75 GiB) exceeds --fits 500,000,000 B (0.50 GB, 0.47 GiB)\n"
+    assert "memory at int4" in r.stdout and "FAILED" in r.stdout
+    r = runner.invoke(main, ["openai-community/gpt2", "--max-size", "12kB"])
+    assert r.exit_code == 3
+    assert r.stderr == "Check failed: openai-community/gpt2: download 14,347 B (0.00 GB, 0.00 GiB) exceeds --max-size 12,000 B (0.00 GB, 0.00 GiB)\n"
+    r = runner.invoke(main, ["openai-community/gpt2", "--fits", "lots"])
+    assert r.exit_code == 2 and "'lots' is not a size" in r.stderr
