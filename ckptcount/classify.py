@@ -95,7 +95,7 @@ def buffer_reason(t: TensorRecord) -> str | None:
     return reason
 
 
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"(?<![^.])\d+(?![^.])")  # whole numeric path components: h.11 -> h.0, not fc1
 
 
 def component_of(name: str) -> str | None:
