@@ -66,8 +66,8 @@ def format_of(name: str) -> str | None:
 
 
 def read_safetensors(source: ByteSource, name: str, where: str) -> FileRead:
-    header = read_header(source, where)
-    tensors = tuple(TensorRecord(t.name, t.dtype, t.shape, name, t.begin, t.end) for t in header.tensors)
+    header = read_header(source, where, file=name)
+    tensors = header.tensors
     record = FileRecord(
         path=name,
         size=source.size(),
