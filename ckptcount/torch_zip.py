@@ -91,9 +91,10 @@ SAFE_GLOBALS = (
         ("collections", "OrderedDict"), ("collections", "Counter"), ("torch._tensor", "_rebuild_from_type_v2"),
         ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"), ("torch", "Size"), ("torch", "device"),
         ("_codecs", "encode"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
-        ("builtins", "complex"), ("torch.serialization", "_get_layout"), ("__builtin__", "set"),
+        ("builtins", "complex"), ("torch.serialization", "_get_layout"),
     }
 )
+PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg", "exceptions": "builtins"}
 # Modules whose attributes run code or touch the system: named as such in the finding.
 DANGEROUS_MODULES = {
     "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "runpy", "importlib", "shutil", "socket",
@@ -218,6 +219,7 @@ class PickleMachine:
                 self.unsafe[key] = how
 
     def _global(self, module: str, name: str) -> Global:
+        module = PY2_MODULES.get(module, module)  # protocol 2 spells builtins as Python 2 did, as pickle maps them
         g = Global(module, name)
         if (module, name) not in SAFE_GLOBALS:
             self.unsafe.setdefault(str(g), "references")
@@ -538,7 +540,7 @@ class PickleMachine:
         if m == "torch._utils" and n in OTHER_TORCH_REBUILDERS:
             self.unsupported.append(n)
             return Opaque(f"{n}()")
-        if m in ("builtins", "__builtin__") and n in ("set", "frozenset"):
+        if m == "builtins" and n in ("set", "frozenset"):
             return PList(args[0]) if args and isinstance(args[0], list) else PList()
         return Opaque(f"{func}()")  # torch.device, bytearray, complex, layouts: values with no tensors in them
 
@@ -623,8 +625,8 @@ def walk(root: object, where: str) -> Walked:
     """
     out: list[tuple[str, TensorRef]] = []
     findings: list[Finding] = []
-    seen: dict[int, str] = {}
-    cut = 0
+    seen: set[int] = set()  # ids only: holding every path of a 200k-deep nest would cost gigabytes
+    cut = False
     todo: list[tuple[str, object]] = [("", root)]
     while todo:
         path, obj = todo.pop()
@@ -635,20 +637,20 @@ def walk(root: object, where: str) -> Walked:
             continue
         if id(obj) in seen:
             if obj_has_tensors(obj):
-                findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is the same object as {_q(seen[id(obj)] or '<root>')}: listed once"))
+                findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is an object listed earlier under another path: its tensors listed once"))
             continue
-        seen[id(obj)] = path
+        seen.add(id(obj))
         items = obj.pairs if isinstance(obj, PDict) else enumerate(obj)
         children = []
         for k, v in items:
             name = f"{path}.{_key(k)}" if path else _key(k)
-            if len(name) > MAX_NAME_CHARS:
-                cut += 1
-                name = name[:MAX_NAME_CHARS]
+            if len(name) > MAX_NAME_CHARS:  # keep both ends: the container and the tensor's own name
+                cut = True
+                name = name[: MAX_NAME_CHARS // 2] + "..." + name[-(MAX_NAME_CHARS // 2) :]
             children.append((name, v))
         todo.extend(reversed(children))
     if cut:
-        findings.append(Finding("long-name", f"{where}: {cut} tensor paths longer than {MAX_NAME_CHARS} characters were cut"))
+        findings.append(Finding("long-name", f"{where}: paths longer than {MAX_NAME_CHARS} characters were shortened in the middle"))
     return Walked(tuple(out), tuple(findings))
 
 
