@@ -144,6 +144,7 @@ class _Moments:
 
 class _Numpy:
     name = "numpy"
+    chunk = 1 << 18  # elements per reduction step: three float64 work arrays of 2 MiB stay in cache
 
     def __init__(self) -> None:
         try:
@@ -153,49 +154,55 @@ class _Numpy:
         self.np = np
         self.device = "cpu"
         self._luts: dict[str, object] = {}
+        self._work = None
 
-    def decode(self, raw: bytearray, dtype: str):
+    def decode(self, raw, dtype: str, out=None):
+        """float64 values of little-endian ``raw`` (into ``out`` when given)."""
         np = self.np
+        n = len(raw) * 8 // DTYPE_BITS[dtype]
+        out = np.empty(n, dtype=np.float64) if out is None else out[:n]
         if dtype in ("F64", "F32", "F16"):
-            return np.frombuffer(raw, dtype={"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype]).astype(np.float64)
-        if dtype == "BF16":  # the high half of an IEEE float32
-            return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-        if dtype not in self._luts:
-            self._luts[dtype] = np.array(fp8_values(dtype), dtype=np.float64)
-        return self._luts[dtype][np.frombuffer(raw, dtype=np.uint8)]
+            np.copyto(out, np.frombuffer(raw, dtype={"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype]))
+        elif dtype == "BF16":  # the high half of an IEEE float32
+            np.copyto(out, (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32))
+        else:
+            if dtype not in self._luts:
+                self._luts[dtype] = np.array(fp8_values(dtype), dtype=np.float64)
+            np.take(self._luts[dtype], np.frombuffer(raw, dtype=np.uint8), out=out)
+        return out
+
+    def _buffers(self, n: int):
+        if self._work is None or self._work[0].size < n:
+            self._work = tuple(self.np.empty(n, dtype=self.np.float64) for _ in range(3))
+        return self._work
 
     def single(self, raw, dtype):
-        x = self.decode(raw, dtype)
+        x = self.decode(raw, dtype, self._buffers(len(raw) * 8 // DTYPE_BITS[dtype])[0])
         mean = float(x.mean())
+        lo, hi = float(x.min()), float(x.max())
         x -= mean
-        return x.size, mean, float(np_dot(self.np, x, x)), float((x.min() + mean)), float((x.max() + mean))
+        return x.size, mean, float(self.np.vdot(x, x)), lo, hi
 
-    def pair(self, raw_a, dtype_a, raw_b, dtype_b, rows: int, cols: int, transposed: bool):
+    def pair(self, raw_a, dtype_a, raw_b, dtype_b):
+        """Moments of one chunk of a and b, already in the same element order."""
         np = self.np
-        x = self.decode(raw_a, dtype_a)
-        y = self.decode(raw_b, dtype_b)
-        if transposed:  # b holds the [cols, rows] tile of a [d, V] head: put it in a's row order
-            y = np.ascontiguousarray(y.reshape(cols, rows).T).reshape(-1)
-        diff = np.subtract(x, y)
-        np.abs(diff, out=diff)
-        maxdiff = float(diff.max())
-        del diff
+        n = len(raw_a) * 8 // DTYPE_BITS[dtype_a]
+        bx, by, bt = self._buffers(n)
+        x, y, t = self.decode(raw_a, dtype_a, bx), self.decode(raw_b, dtype_b, by), bt[:n]
+        np.subtract(x, y, out=t)
+        np.abs(t, out=t)
+        maxdiff = float(t.max())
         mx, my = float(x.mean()), float(y.mean())
         stats = (float(x.min()), float(x.max()), float(y.min()), float(y.max()))
         x -= mx
         y -= my
-        return x.size, mx, my, float(np_dot(np, x, x)), float(np_dot(np, y, y)), float(np_dot(np, x, y)), maxdiff, stats
+        return n, mx, my, float(np.vdot(x, x)), float(np.vdot(y, y)), float(np.vdot(x, y)), maxdiff, stats
 
-    def same_bits(self, raw_a, raw_b, rows: int, cols: int, size: int, transposed: bool) -> bool:
+    def transpose_bytes(self, raw, out, rows: int, cols: int, size: int) -> None:
+        """``raw`` holds a [cols, rows] tile of ``size``-byte elements; write it to ``out`` in [rows, cols] order."""
         np = self.np
-        a = np.frombuffer(raw_a, dtype=np.uint8).reshape(rows, cols, size)
-        b = np.frombuffer(raw_b, dtype=np.uint8)
-        b = b.reshape(cols, rows, size).transpose(1, 0, 2) if transposed else b.reshape(rows, cols, size)
-        return bool(np.array_equal(a, b))
-
-
-def np_dot(np, a, b) -> float:
-    return np.dot(a.reshape(-1), b.reshape(-1))
+        dst = np.frombuffer(out, dtype=np.uint8, count=rows * cols * size).reshape(rows, cols, size)
+        np.copyto(dst, np.frombuffer(raw, dtype=np.uint8).reshape(cols, rows, size).transpose(1, 0, 2))
 
 
 class _Torch:
@@ -207,17 +214,22 @@ class _Torch:
         self.torch = torch
         self.device = device
         self.cuda = device.startswith("cuda")
+        self.chunk = 1 << 62 if self.cuda else 1 << 20  # the GPU takes a whole block; the CPU, steps of 8 MiB in float64
+        self._pinned = None
+        self._np = None
 
-    def _u8(self, raw: bytearray):
+    def _u8(self, raw):
         torch = self.torch
         host = torch.frombuffer(raw, dtype=torch.uint8)
         if not self.cuda:
             return host
-        pinned = torch.empty(len(raw), dtype=torch.uint8, pin_memory=True)
+        if self._pinned is None or self._pinned.numel() < len(raw):
+            self._pinned = torch.empty(len(raw), dtype=torch.uint8, pin_memory=True)
+        pinned = self._pinned[: len(raw)]
         pinned.copy_(host)
         return pinned.to(self.device, non_blocking=True)
 
-    def decode(self, raw: bytearray, dtype: str):
+    def decode(self, raw, dtype: str):
         torch = self.torch
         return self._u8(raw).view(getattr(torch, TORCH_DTYPES[dtype])).to(torch.float64)
 
@@ -230,12 +242,10 @@ class _Torch:
         vals = torch.stack([mean, torch.dot(x, x), lo, hi]).tolist()
         return x.numel(), vals[0], vals[1], vals[2], vals[3]
 
-    def pair(self, raw_a, dtype_a, raw_b, dtype_b, rows: int, cols: int, transposed: bool):
+    def pair(self, raw_a, dtype_a, raw_b, dtype_b):
         torch = self.torch
         x = self.decode(raw_a, dtype_a)
         y = self.decode(raw_b, dtype_b)
-        if transposed:
-            y = y.reshape(cols, rows).t().contiguous().reshape(-1)
         maxdiff = (x - y).abs_().max()
         mx, my = x.mean(), y.mean()
         xlo, xhi = torch.aminmax(x)
@@ -245,11 +255,11 @@ class _Torch:
         v = torch.stack([mx, my, torch.dot(x, x), torch.dot(y, y), torch.dot(x, y), maxdiff, xlo, xhi, ylo, yhi]).tolist()
         return x.numel(), v[0], v[1], v[2], v[3], v[4], v[5], (v[6], v[7], v[8], v[9])
 
-    def same_bits(self, raw_a, raw_b, rows: int, cols: int, size: int, transposed: bool) -> bool:
-        a = self._u8(raw_a).reshape(rows, cols, size)
-        b = self._u8(raw_b)
-        b = b.reshape(cols, rows, size).permute(1, 0, 2) if transposed else b.reshape(rows, cols, size)
-        return bool(self.torch.equal(a, b))
+    def transpose_bytes(self, raw, out, rows: int, cols: int, size: int) -> None:
+        torch = self.torch
+        src = torch.frombuffer(raw, dtype=torch.uint8).reshape(cols, rows, size)
+        dst = torch.frombuffer(out, dtype=torch.uint8, count=rows * cols * size).reshape(rows, cols, size)
+        dst.copy_(src.permute(1, 0, 2))
 
 
 def resolve(device: str = "auto", backend: str | None = None) -> _Numpy | _Torch:
@@ -309,10 +319,9 @@ class _Reader:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def read(self, source: ByteSource, spans: list[tuple[int, int]]) -> bytearray:
-        """The bytes of each (offset, length) span, concatenated."""
+    def read(self, source: ByteSource, spans: list[tuple[int, int]], buf: bytearray) -> memoryview:
+        """The bytes of each (offset, length) span, concatenated into ``buf`` (reused from block to block)."""
         total = sum(n for _, n in spans)
-        buf = bytearray(total)
         jobs = []
         pos = 0
         for offset, length in spans:
@@ -338,7 +347,7 @@ class _Reader:
         else:
             got = sum(self.pool.map(one, jobs))
         self.bytes_read += got
-        return buf
+        return memoryview(buf)[:total]
 
 
 def _rows_cols(t: TensorRecord) -> tuple[int, int]:
@@ -382,8 +391,14 @@ def compare(
     rows, cols = _rows_cols(ta)
     ia = DTYPE_BITS[ta.dtype] // 8
     ib = DTYPE_BITS[tb.dtype] // 8 if tb else 0
-    per_elem = ia + ib + (8 if tb is None else 32 + (8 if orientation == "transposed" else 0))
-    step = max(1, block_bytes // max(1, cols * per_elem))
+    transposed = orientation == "transposed"
+    # memory per row of a block: the raw bytes of both tensors (twice the head's when it is re-ordered); the float64
+    # work arrays are a fixed few MiB (numpy, torch cpu) or live on the GPU
+    per_row = cols * (ia + ib * (2 if transposed else 1))
+    step = max(1, block_bytes // max(1, per_row))
+    buf_a = bytearray(min(step, rows) * cols * ia)
+    buf_b = bytearray(min(step, rows) * cols * ib) if tb else None
+    buf_t = bytearray(len(buf_b)) if transposed else None
     reader = _Reader(workers, progress)
     if progress is not None:
         progress.start(ta.nbytes + (tb.nbytes if tb else 0), " vs ".join(names))
@@ -392,26 +407,31 @@ def compare(
     try:
         for i in range(0, rows, step):
             j = min(rows, i + step)
-            raw_a = reader.read(a.source, [(a.offset + i * cols * ia, (j - i) * cols * ia)])
+            raw_a = reader.read(a.source, [(a.offset + i * cols * ia, (j - i) * cols * ia)], buf_a)
             if tb is None:
-                n, mean, m2, lo, hi = engine.single(raw_a, ta.dtype)
-                sa.merge(n, mean, m2, lo, hi)
+                for k in range(0, (j - i) * cols, engine.chunk):
+                    m = min((j - i) * cols, k + engine.chunk)
+                    sa.merge(*engine.single(raw_a[k * ia : m * ia], ta.dtype))
                 continue
-            if orientation == "same":
-                spans = [(b.offset + i * cols * ib, (j - i) * cols * ib)]
-            else:  # head [cols, rows]: columns i..j of every one of its rows
-                spans = [(b.offset + (r * rows + i) * ib, (j - i) * ib) for r in range(cols)]
-            raw_b = reader.read(b.source, spans)
-            n, mx, my, sxx, syy, sxy, md, (xlo, xhi, ylo, yhi) = engine.pair(
-                raw_a, ta.dtype, raw_b, tb.dtype, j - i, cols, orientation == "transposed"
-            )
-            na = sa.n
-            dx = sa.merge(n, mx, sxx, xlo, xhi)
-            dy = sb.merge(n, my, syy, ylo, yhi)
-            cxy += sxy + (dx * dy * na * n / (na + n) if na else 0.0)
-            maxdiff = md if math.isnan(md) else max(maxdiff, md)
+            if not transposed:
+                raw_b = reader.read(b.source, [(b.offset + i * cols * ib, (j - i) * cols * ib)], buf_b)
+            else:  # head [cols, rows]: columns i..j of each of its rows, then put in the embedding's row order
+                tile = reader.read(b.source, [(b.offset + (r * rows + i) * ib, (j - i) * ib) for r in range(cols)], buf_b)
+                engine.transpose_bytes(tile, buf_t, j - i, cols, ib)
+                raw_b = memoryview(buf_t)[: len(tile)]
             if same:
-                same = engine.same_bits(raw_a, raw_b, j - i, cols, ia, orientation == "transposed")
+                same = raw_a == raw_b  # memcmp of the two blocks, element for element in the head's orientation
+            n_block = (j - i) * cols
+            for k in range(0, n_block, engine.chunk):
+                m = min(n_block, k + engine.chunk)
+                n, mx, my, sxx, syy, sxy, md, (xlo, xhi, ylo, yhi) = engine.pair(
+                    raw_a[k * ia : m * ia], ta.dtype, raw_b[k * ib : m * ib], tb.dtype
+                )
+                na = sa.n
+                dx = sa.merge(n, mx, sxx, xlo, xhi)
+                dy = sb.merge(n, my, syy, ylo, yhi)
+                cxy += sxy + (dx * dy * na * n / (na + n) if na else 0.0)
+                maxdiff = md if math.isnan(md) else max(maxdiff, md)
     finally:
         reader.close()
         if progress is not None:

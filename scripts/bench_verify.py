@@ -1,0 +1,151 @@
+"""Benchmark --verify-ties on a gpt2-xl-sized embedding and head (50257 x 1600 F32 each, 321.6 MB apiece).
+
+Writes one safetensors file (embedding + a near-copy head, LLaMA names, untied config) in a temp folder, then measures,
+each in a fresh child process so peak RSS is the verifier's own:
+
+* local: numpy on cpu, torch on cpu, torch on cuda (when a GPU is present);
+* over the test Hub server (tests/hubserver.py, real HTTP on 127.0.0.1, LFS redirected to a "CDN" origin);
+* `cat` of the same file to /dev/null (page cache warm), the throughput reference.
+
+For each: wall seconds, bytes read (must be the two spans: 643,289,600), MB/s, peak RSS above the interpreter (after
+imports and the header audit) against the block budget. Usage:
+
+    python scripts/bench_verify.py [--rows 50257] [--cols 1600] [--block-mib 64] [--skip-remote] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child(args: argparse.Namespace) -> None:
+    """Runs in a fresh interpreter: audit, note peak RSS, verify, note peak RSS again."""
+    if args.backend == "torch":
+        import torch  # noqa: F401  (imported before the baseline so its RSS is the interpreter's)
+    import numpy  # noqa: F401
+
+    from ckptcount import audit
+    from ckptcount.verify import resolve, verify_report
+
+    report = audit(args.target)
+    engine = resolve(args.device, args.backend)
+    base = _rss("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS (Linux >= 4.0)
+        f.write("5")
+    t0 = time.perf_counter()
+    out = verify_report(report, engine=engine, block_bytes=args.block_mib * 2**20)
+    wall = time.perf_counter() - t0
+    peak = _rss("VmHWM")
+    c = out.verification.embedding_vs_head
+    print(json.dumps({
+        "wall_s": wall, "bytes_read": c.bytes_read, "pearson_r": c.pearson_r, "max_abs_diff": c.max_abs_diff,
+        "identical": c.identical, "device": c.device, "backend": c.backend, "rss_base": base, "rss_peak": peak,
+        "findings": [f.kind for f in out.checkpoint.findings],
+    }))
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def make(folder: Path, rows: int, cols: int) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((rows, cols), dtype=np.float32)
+    head = emb + np.float32(1e-3) * rng.standard_normal((rows, cols), dtype=np.float32)
+    save_file({"model.embed_tokens.weight": emb, "lm_head.weight": head}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "tie_word_embeddings": False}))
+    return folder
+
+
+def run_child(target: str, backend: str, device: str, block_mib: int, env: dict | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--target", target, "--backend", backend, "--device", device, "--block-mib", str(block_mib)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"child failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=50257)
+    ap.add_argument("--cols", type=int, default=1600)
+    ap.add_argument("--block-mib", type=int, default=64)
+    ap.add_argument("--skip-remote", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--target")
+    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+        have_torch = True
+    except ImportError:
+        cuda, have_torch = False, False
+    spans = 2 * args.rows * args.cols * 4
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make(Path(tmp) / "xl", args.rows, args.cols)
+        path = folder / "model.safetensors"
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        t0 = time.perf_counter()
+        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+        cat_s = time.perf_counter() - t0
+        rows.append({"run": "cat (whole file, warm cache)", "wall_s": cat_s, "bytes_read": path.stat().st_size})
+        modes = [("numpy", "cpu")] + ([("torch", "cpu")] if have_torch else []) + ([("torch", "cuda")] if cuda else [])
+        for backend, device in modes:
+            rows.append({"run": f"local {backend} {device}", **run_child(str(folder), backend, device, args.block_mib)})
+        if not args.skip_remote:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from hubserver import HubServer, load_dir
+
+            server = HubServer()
+            try:
+                server.add("bench/xl", load_dir(folder))
+                env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(Path(tmp) / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+                env.pop("HF_TOKEN", None)
+                backend = "torch" if have_torch else "numpy"
+                rows.append({"run": f"test server {backend} {'cuda' if cuda else 'cpu'}", **run_child("bench/xl", backend, "cuda" if cuda else "cpu", args.block_mib, env)})
+            finally:
+                server.close()
+    block = args.block_mib * 2**20
+    for r in rows:
+        r["mb_per_s"] = r["bytes_read"] / r["wall_s"] / 1e6
+        if "rss_peak" in r:
+            r["rss_over_interpreter_mib"] = (r["rss_peak"] - r["rss_base"]) / 2**20
+            r["rss_over_block"] = (r["rss_peak"] - r["rss_base"]) / block
+            r["bytes_read_is_spans"] = r["bytes_read"] == spans
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{args.rows} x {args.cols} F32 embedding + head: spans {spans:,} bytes; block budget {args.block_mib} MiB")
+    print(f"{'run':34} {'wall s':>7} {'MB/s':>7} {'bytes read':>13} {'=spans':>6} {'RSS>interp MiB':>14} {'xblock':>6}  r")
+    for r in rows:
+        extra = ""
+        if "rss_peak" in r:
+            extra = f" {str(r['bytes_read_is_spans']):>6} {r['rss_over_interpreter_mib']:14.1f} {r['rss_over_block']:6.2f}  {r['pearson_r']:.9f}"
+        print(f"{r['run']:34} {r['wall_s']:7.2f} {r['mb_per_s']:7.0f} {r['bytes_read']:13,}{extra}")
+
+
+if __name__ == "__main__":
+    main()
