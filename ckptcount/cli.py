@@ -34,8 +34,8 @@ from .report import safe, to_json, to_markdown, to_table
 def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
-    TARGETS are .safetensors files, directories holding one, or sharded directories with a
-    model.safetensors.index.json. Several targets are shown side by side. Anything that is not a local path may be
+    TARGETS are checkpoint files (.safetensors, .bin/.pt/.pth/.ckpt read without executing pickle, .gguf),
+    directories holding them, or sharded sets with their *.index.json. Several targets are shown side by side. Anything that is not a local path may be
     a Hub repo (org/name), an hf://org/name/sub/folder path or an https://.../resolve/<revision>/<file> URL: only
     headers are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured).
     """
