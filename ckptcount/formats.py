@@ -87,9 +87,15 @@ from .gguf import read_gguf  # noqa: E402  (gguf imports FileRead from here lazi
 
 READERS["gguf"] = read_gguf
 
-from .torch_zip import read_pytorch  # noqa: E402  (torch_zip imports FileRead from here lazily)
 
-READERS["pytorch"] = read_pytorch
+
+def _read_pytorch(source: ByteSource, name: str, where: str) -> FileRead:
+    from .torch_zip import read_pytorch  # imported on first use: the pickle machine is large, most targets are not .bin
+
+    return read_pytorch(source, name, where)
+
+
+READERS["pytorch"] = _read_pytorch
 
 
 def read_file(source: ByteSource, name: str, where: str) -> FileRead:
