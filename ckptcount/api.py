@@ -90,9 +90,10 @@ def audit(
     return report
 
 
-def audit_many(targets: list[str], **options) -> list[Report | CkptError]:
+def audit_many(targets: list[str], *, jobs: int | None = None, **options) -> list[Report | CkptError]:
     """Audit each target (concurrently: Hub targets spend their time waiting); one failing target is returned as its
-    error while the others are still reported. ``options`` are :func:`audit`'s keywords."""
+    error while the others are still reported. ``options`` are :func:`audit`'s keywords; ``jobs`` caps the
+    concurrent audits (default 8)."""
 
     def one(target: str) -> Report | CkptError:
         try:
@@ -100,9 +101,42 @@ def audit_many(targets: list[str], **options) -> list[Report | CkptError]:
         except CkptError as e:
             return e
 
-    if len(targets) <= 1:
+    if len(targets) <= 1 or jobs == 1:
         return [one(t) for t in targets]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+    with ThreadPoolExecutor(max_workers=min(jobs or 8, len(targets))) as pool:
         return list(pool.map(one, targets))
+
+
+def audit_iter(targets, *, jobs: int = 8, **options):
+    """Yield ``(position, target, Report | CkptError)`` as each audit finishes (batch audits: ``--format jsonl``).
+
+    ``targets`` may be any iterable (a file read line by line); at most ``jobs`` audits run at once and at most
+    ``2 * jobs`` targets are taken ahead, so memory stays flat however long the list. A target that fails is yielded
+    as its error; the others go on. Anything that is not a :class:`CkptError` (a bug) is not swallowed.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def one(target: str) -> Report | CkptError:
+        try:
+            return audit(target, **options)
+        except CkptError as e:
+            return e
+
+    jobs = max(1, jobs)
+    it = iter(enumerate(targets))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict = {}
+        for position, target in it:
+            running[pool.submit(one, target)] = (position, target)
+            if len(running) >= 2 * jobs:
+                break
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: running[f][0]):
+                position, target = running.pop(future)
+                yield position, target, future.result()
+                for nxt in it:
+                    running[pool.submit(one, nxt[1])] = nxt
+                    break

@@ -2,6 +2,10 @@
 
 Exit codes: 0 every target counted; 1 a target was invalid, unreadable or missing (its error is one line on stderr,
 the other targets are still reported); 2 usage error; 3 a preflight check failed; 4 ``--strict`` and findings.
+With several targets the code summarises them all, in that order of precedence: 1, then 3, then 4, then 0.
+
+Batch audits: ``--from-file targets.txt`` (one target per line; blank lines and ``#`` comments skipped; ``-`` is
+stdin), ``--jobs N`` concurrent audits, ``--format jsonl``: one JSON object per line, written as each target finishes.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import sys
 import click
 
 from . import __version__
-from .api import audit_many
-from .errors import EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CkptError
-from .report import safe, to_json, to_markdown, to_table
+from .api import audit_iter, audit_many
+from .errors import EXIT_CHECK, EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CkptError
+from .report import safe, to_json, to_jsonl, to_markdown, to_table
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("targets", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True, help="Output format.")
+@click.argument("targets", nargs=-1, required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "jsonl"]), default="table", show_default=True, help="Output format (jsonl: one JSON object per target, per line, streamed as each finishes).")
+@click.option("--from-file", "from_file", type=click.File("r", encoding="utf-8"), default=None, help="Read targets from this file, one per line (# comments and blank lines skipped; - for stdin), after TARGETS.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Targets audited at once (default 8).")
 @click.option("--layers", is_flag=True, help="Add parameters per layer.")
 @click.option("--tensors", is_flag=True, help="JSON: add every tensor with its classification.")
 @click.option("--strict", is_flag=True, help="Exit 4 when any target has findings.")
@@ -31,7 +37,7 @@ from .report import safe, to_json, to_markdown, to_table
 @click.option("--max-size", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the counted files total more (20GB, 24GiB...).")
 @click.option("--fits", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the weights at --dtype need more memory (24GiB...).")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None, from_file=None, jobs: int | None = None) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are checkpoint files (.safetensors, .bin/.pt/.pth/.ckpt read without executing pickle, .gguf),
@@ -40,7 +46,16 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     headers are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured).
     """
     options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
-    results = audit_many(list(targets), **{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    if not targets and from_file is None:
+        raise click.UsageError("give TARGETS, or --from-file with one target per line")
+    listed = _targets(targets, from_file)
+    if fmt == "jsonl":
+        sys.exit(_stream(listed, options, jobs=jobs or 8, tensors=tensors, layers=layers, strict=strict, verify_ties=verify_ties, device=device, token=token))
+    listed = list(listed)
+    if not listed:
+        raise click.UsageError("--from-file names no targets")
+    results = audit_many(listed, jobs=jobs, **options)
     if verify_ties:
         results = _verify(results, device, token)
     for r in results:
@@ -60,6 +75,54 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
         if text:
             click.echo(text)
     sys.exit(exit_code(results, strict=strict))
+
+
+def _targets(targets: tuple[str, ...], from_file):
+    """TARGETS, then the lines of --from-file (stripped; blank lines and # comments skipped), read lazily."""
+    yield from targets
+    if from_file is not None:
+        for line in from_file:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+
+
+def _stream(targets, options: dict, *, jobs: int, tensors: bool, layers: bool, strict: bool, verify_ties: bool, device: str, token: str | None) -> int:
+    """--format jsonl: one line per target as it finishes (``position`` is its place in the list); errors also go to
+    stderr as for the other formats. Nothing is kept per target, so the list can be as long as a registry. Returns the
+    exit code summarising every target, and says on stderr how many were counted, failed, had findings."""
+    engine = None
+    if verify_ties:
+        from .verify import VerifyError, resolve, verify_results
+
+        try:
+            engine = resolve(device)
+        except VerifyError as e:
+            click.echo(f"Error: {safe(str(e))}", err=True)
+            return EXIT_USAGE
+    codes: set[int] = set()
+    total = failed = with_findings = 0
+    for position, _, r in audit_iter(targets, jobs=jobs, **options):
+        if engine is not None and not isinstance(r, CkptError):
+            r = verify_results([r], engine=engine, token=token)[0]
+        total += 1
+        if isinstance(r, CkptError):
+            failed += 1
+            click.echo(f"Error: {safe(str(r))}", err=True)
+        elif r.checkpoint.findings:
+            with_findings += 1
+        for line in _check_lines([r]):
+            click.echo(line, err=True)
+        click.echo(to_jsonl(r, position=position, tensors=tensors, layers=layers))
+        sys.stdout.flush()
+        codes.add(exit_code([r], strict=strict))
+    click.echo(f"ckptcount: {total} targets: {total - failed} counted, {failed} failed, {with_findings} with findings", err=True)
+    if total == 0:
+        return EXIT_USAGE
+    for code in (EXIT_INVALID, EXIT_CHECK, EXIT_FINDINGS):
+        if code in codes:
+            return code
+    return EXIT_OK
 
 
 def _verify(results: list, device: str, token: str | None = None) -> list:

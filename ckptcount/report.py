@@ -133,6 +133,19 @@ def to_json(results: list[Report | CkptError], *, tensors: bool = False, layers:
     return json.dumps({"schema_version": SCHEMA_VERSION, "targets": targets}, indent=2, ensure_ascii=False)
 
 
+def to_jsonl(result: Report | CkptError, *, position: int | None = None, tensors: bool = False, layers: bool = False) -> str:
+    """One target as one line of JSON (``--format jsonl``): the same object as in :func:`to_json`'s ``targets``,
+    with ``schema_version`` and, for batch audits, ``position`` (its place in the target list)."""
+    head: dict = {"schema_version": SCHEMA_VERSION}
+    if position is not None:
+        head["position"] = position
+    if isinstance(result, CkptError):
+        body = {"target": result.where or "", "error": str(result), "error_kind": result.kind}
+    else:
+        body = target_dict(result, tensors=tensors, layers=layers)
+    return json.dumps({**head, **body}, ensure_ascii=False, separators=(",", ":"))
+
+
 def _n(x: int) -> str:
     return f"{x:,}"
 
