@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from urllib.parse import quote, unquote, urlparse
@@ -435,12 +436,39 @@ def _slice(src, offset: int, length: int) -> bytes:
     raise AssertionError("served bytes must be in a segment")
 
 
-def _read_all(sources: dict) -> dict[str, FileRead]:
+PROGRESS_MIN_FILES = 8  # fewer shards finish before a bar would be worth drawing
+
+
+def show_progress(files: int) -> bool:
+    """A progress bar on stderr only for many shards, and only when stderr is a terminal (never when piped)."""
+    return files >= PROGRESS_MIN_FILES and sys.stderr.isatty() and "CKPTCOUNT_NO_PROGRESS" not in os.environ
+
+
+def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
+    """Read every shard header in parallel (MAX_WORKERS at a time). ``progress_stream``: where a bar is drawn (stderr
+    when :func:`show_progress` says so); stdout is never touched."""
     if len(sources) <= 1:
         return {n: read_file(s, n, s.name) for n, s in sources.items()}
-    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
-        futures = {n: pool.submit(read_file, s, n, s.name) for n, s in sources.items()}
-        return {n: futures[n].result() for n in sources}
+    if progress_stream is None and show_progress(len(sources)):
+        progress_stream = sys.stderr
+    bar = None
+    if progress_stream is not None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        bar = Progress(console=Console(file=progress_stream, force_terminal=True), transient=True)
+        task = bar.add_task("shard headers", total=len(sources))
+        bar.start()
+    try:
+        with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
+            futures = {n: pool.submit(read_file, s, n, s.name) for n, s in sources.items()}
+            if bar is not None:
+                for f in as_completed(futures.values()):
+                    bar.advance(task)
+            return {n: futures[n].result() for n in sources}
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def load_hub(target: str, revision: str | None = None, token: str | None = None) -> Checkpoint:
