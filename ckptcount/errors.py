@@ -20,9 +20,17 @@ class CkptError(Exception):
     kind = "error"
 
     def __init__(self, where: str, what: str):
-        self.where = where
-        self.what = what
-        super().__init__(f"{where}: {what}" if where else what)
+        # Paths and names come from untrusted files (index entries, directory listings): escape control characters
+        # so every message stays one line (found by scripts/fuzz_campaign.py: a shard name holding a newline).
+        self.where = _one_line(where) if where else where
+        self.what = _one_line(what)
+        super().__init__(f"{self.where}: {self.what}" if where else self.what)
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class TargetNotFound(CkptError):
