@@ -62,8 +62,8 @@ COMPONENT_ROWS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"^(?:lm_head(?:\..+)?|embed_out|cls\.predictions(?:\..+)?|(?:model\.)?output)$"), OUTPUT_HEAD),
     # attention: gpt2 `attn.c_attn/c_proj`, llama `self_attn.{q,k,v,o}_proj`, bert `attention.self.{query,key,value}`
     # and `attention.output.dense`, t5 `SelfAttention/EncDecAttention.{q,k,v,o}`, neox `attention.query_key_value`,
-    # gguf `attn_q/attn_k/attn_v/attn_output`
-    (re.compile(r"(?:^|\.)(?:attn|self_attn|attention|SelfAttention|EncDecAttention|cross_attn|encoder_attn|attn_\w+)(?:\.|$)"), ATTENTION),
+    # gguf `attn_q/attn_k/attn_v/attn_output`, falcon/bloom `self_attention.query_key_value`, bert decoder `crossattention`
+    (re.compile(r"(?:^|\.)(?:attn|self_attn|attention|self_attention|crossattention|cross_attention|SelfAttention|EncDecAttention|cross_attn|encoder_attn|attn_\w+)(?:\.|$)"), ATTENTION),
     # mlp: gpt2 `mlp.c_fc/c_proj`, llama `mlp.{gate,up,down}_proj`, bert `intermediate.dense` and `output.dense`,
     # t5 `DenseReluDense.{wi,wo}`, mixtral `block_sparse_moe`, gguf `ffn_*`, opt/bart `fc1/fc2`
     (re.compile(r"(?:^|\.)(?:mlp|ffn|ffn_\w+|feed_forward|DenseReluDense|intermediate|output\.dense|block_sparse_moe|experts|fc1|fc2|c_fc)(?:\.|$)"), MLP),

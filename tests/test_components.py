@@ -28,6 +28,8 @@ FAMILIES = {
     "bert-mlm": lambda: T.BertForMaskedLM(T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, **SMALL)),
     "roberta-mlm": lambda: T.RobertaForMaskedLM(T.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, **SMALL)),
     "t5": lambda: T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16, **SMALL)),
+    "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, **SMALL)),
+    "bloom": lambda: T.BloomForCausalLM(T.BloomConfig(hidden_size=32, n_layer=2, n_head=2, **SMALL)),
     "opt": lambda: T.OPTForCausalLM(T.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64, **SMALL)),
 }
 MLP_CLASSES = ("MLP", "Mlp", "FeedForward", "DenseReluDense", "DenseActDense", "Intermediate", "BertOutput", "RobertaOutput")
