@@ -242,6 +242,8 @@ class _Hub:
         return probes
 
     def fetch(self, sha: str | None, files: dict | None, probes: dict) -> Checkpoint:
+        from .http_source import NetworkError
+
         pool = probes.pop("pool", None)
         try:
             if sha is None:
@@ -259,6 +261,8 @@ class _Hub:
                     else:
                         body, commit = p.result()
                         settled[path] = body if commit in (None, sha) else _STALE
+                except NetworkError as e:
+                    settled[path] = e  # it already spent every retry: raised if the file is needed, never redone
                 except CkptError:
                     settled[path] = _STALE  # a probe that failed otherwise than 404 is redone at the commit
         finally:
@@ -292,6 +296,8 @@ class _Hub:
 
         def raw(path: str, limit: int) -> bytes | None:
             got = settled.get(path, _STALE)
+            if isinstance(got, CkptError):
+                raise got
             if got is _STALE or got is None:  # not probed, stale, or 404 at the branch while the commit lists it
                 got, _ = self.small(path, sha, limit, missing_ok=False)
             return got
@@ -318,6 +324,8 @@ class _Hub:
         for n in names:
             path = prefix + n
             probed = settled.get(path, _STALE)
+            if isinstance(probed, CkptError):
+                raise probed
             if isinstance(probed, HttpFile) and probed.size() in (None, here.get(n)):
                 if probed._size is None:
                     probed._size = here.get(n)

@@ -12,7 +12,8 @@ ckptcount call:
 - errors as the Hub sends them: ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo.
 
 Faults are injected per request with :meth:`HubServer.fault`: a status (429 with ``Retry-After``, 503...), a
-connection reset in the middle of a body, a server that ignores ``Range`` (200 and the whole body), and latency
+connection reset in the middle of a body, a body cut short by a clean close (``truncate``), a body that stalls halfway
+for ``seconds`` (``slow-body``), a server that ignores ``Range`` (200 and the whole body), and latency
 (:attr:`HubServer.latency` for every request). Every request is logged with its start and end time, so tests count
 requests and sequential round trips exactly.
 """
@@ -75,7 +76,7 @@ class Logged:
 @dataclass
 class Fault:
     match: str  # regex on the request path (without query)
-    action: str  # "status" | "reset" | "ignore-range" | "sleep"
+    action: str  # "status" | "reset" | "truncate" | "slow-body" | "ignore-range" | "sleep"
     times: int  # how many matching requests it applies to
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
@@ -362,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return
         reset_at = None
-        if fault is not None and fault.action == "reset":
+        if fault is not None and fault.action in ("reset", "truncate", "slow-body"):
             reset_at = start + max(1, (end - start) // 2)
         pos = start
         while pos < end:
@@ -373,6 +374,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self._sent += len(data)
             pos = stop
+            if reset_at is not None and pos >= reset_at and fault.action == "truncate":
+                # A clean close (FIN) after half the announced Content-Length: a truncated body, not a reset.
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if reset_at is not None and pos >= reset_at and fault.action == "slow-body":
+                # Half the body, then silence for ``seconds``: a stalled transfer (the client's read timeout fires).
+                self.wfile.flush()
+                time.sleep(fault.seconds)
+                reset_at = None
+                continue
             if reset_at is not None and pos >= reset_at:
                 self.wfile.flush()
                 # Drop the connection mid-body: RST, so the client sees a broken read, not a clean end.
