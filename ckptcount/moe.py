@@ -49,6 +49,8 @@ def expert_kind(name: str) -> str | None:
     """'per-expert', 'fused' or 'gguf' for a routed-expert tensor name; None otherwise (shared experts included)."""
     if "shared_expert" in name or "_shexp" in name:
         return None
+    if "experts." not in name and "_exps" not in name:  # every pattern below needs one of these: skip the regexes
+        return None
     if PER_EXPERT.search(name):
         return "per-expert"
     if GGUF_EXPERTS.search(name):

@@ -7,6 +7,7 @@ on records built by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import prod
 from types import MappingProxyType
 from typing import Mapping
@@ -56,7 +57,7 @@ class TensorRecord:
     stored_bytes: int | None = None  # set by formats whose dtype alone does not give the size (GGUF quant blocks)
     storage: str | None = None  # the storage a tensor views, for formats that share storage (torch zip)
 
-    @property
+    @cached_property  # read by every stage; 90k-tensor repos: computed once (stored in __dict__, not a field)
     def numel(self) -> int:
         return prod(self.shape)  # prod(()) == 1: a rank-0 scalar is one element
 
