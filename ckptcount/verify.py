@@ -21,6 +21,8 @@ torch and numpy are imported inside functions only: the counting path never impo
 from __future__ import annotations
 
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +48,12 @@ from .records import (
 from .safetensors_header import ByteSource
 from .sources import LocalFile, inside
 
-DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024  # working set of one block: raw bytes of both tensors + float64 copies
+DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024  # host memory of one comparison: raw block of both tensors + work arrays + bodies
 READ_CHUNK = 8 * 1024 * 1024  # one read request at most this long (parallel requests for remote sources)
+MIN_PIECE = 256 * 1024  # remote pieces shrink with the budget (bodies in flight count against it), down to this
+CHUNK = 1 << 16  # elements per CPU reduction step: 2 float64 rows + 1 temp = 1.5 MiB per thread, L2/L3-resident
+TORCH_CHUNK = 1 << 15  # torch's at::internal::GRAIN_SIZE: ops on at most this many elements stay on the calling thread
+DOT = 8192  # elements per BLAS dot: OpenBLAS splits a ddot over 10,000 elements across threads, 4-20x slower when busy
 NEAR_COPY_R = 0.99
 HEAD_WEIGHTS = ("lm_head.weight", "embed_out.weight", "output.weight", "cls.predictions.decoder.weight", "lm_head.decoder.weight")
 
@@ -143,8 +149,13 @@ class _Moments:
 
 
 class _Numpy:
+    """numpy on the CPU. A chunk of CHUNK elements is decoded into per-thread float64 work arrays (reused), reduced
+    there in place, and summed with BLAS dot products of at most DOT elements (exact float64 products)."""
+
     name = "numpy"
-    chunk = 1 << 18  # elements per reduction step: three float64 work arrays of 2 MiB stay in cache
+    device = "cpu"
+    chunk = CHUNK
+    work_bytes = CHUNK * (2 * 8 + 8 + 4)  # X [2, CHUNK] float64, T [CHUNK] float64, U [CHUNK] uint32 (bf16)
 
     def __init__(self) -> None:
         try:
@@ -152,51 +163,75 @@ class _Numpy:
         except ImportError:
             raise VerifyError("--verify-ties", "needs numpy (CPU) or torch (CPU or GPU): pip install 'ckptcount[torch]'") from None
         self.np = np
-        self.device = "cpu"
-        self._luts: dict[str, object] = {}
-        self._work = None
+        self._luts = {dtype: np.array(fp8_values(dtype), dtype=np.float64) for dtype in DECODABLE if dtype.startswith("F8")}
 
-    def decode(self, raw, dtype: str, out=None):
-        """float64 values of little-endian ``raw`` (into ``out`` when given)."""
+    def host_buffer(self, n: int) -> memoryview:
+        return memoryview(bytearray(n))
+
+    def work(self):
+        np = self.np
+        return (np.empty((2, CHUNK), dtype=np.float64), np.empty(CHUNK, dtype=np.float64), np.empty(CHUNK, dtype=np.uint32))
+
+    def decode(self, raw, dtype: str, out=None, work=None):
+        """float64 values of little-endian ``raw``, written into ``out`` (allocated when not given): one pass, no copy of
+        ``raw`` (np.frombuffer views it)."""
         np = self.np
         n = len(raw) * 8 // DTYPE_BITS[dtype]
         out = np.empty(n, dtype=np.float64) if out is None else out[:n]
         if dtype in ("F64", "F32", "F16"):
             np.copyto(out, np.frombuffer(raw, dtype={"F64": "<f8", "F32": "<f4", "F16": "<f2"}[dtype]))
         elif dtype == "BF16":  # the high half of an IEEE float32
-            np.copyto(out, (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32))
+            u = np.empty(n, dtype=np.uint32) if work is None else work[2][:n]
+            np.copyto(u, np.frombuffer(raw, dtype="<u2"))
+            u <<= 16
+            np.copyto(out, u.view(np.float32))
         else:
-            if dtype not in self._luts:
-                self._luts[dtype] = np.array(fp8_values(dtype), dtype=np.float64)
             np.take(self._luts[dtype], np.frombuffer(raw, dtype=np.uint8), out=out)
         return out
 
-    def _buffers(self, n: int):
-        if self._work is None or self._work[0].size < n:
-            self._work = tuple(self.np.empty(n, dtype=self.np.float64) for _ in range(3))
-        return self._work
+    def _dots(self, x, y):
+        dot = self.np.dot
+        sxx = syy = sxy = 0.0
+        for k in range(0, x.size, DOT):
+            xs = x[k : k + DOT]
+            sxx += float(dot(xs, xs))
+            if y is not None:
+                ys = y[k : k + DOT]
+                syy += float(dot(ys, ys))
+                sxy += float(dot(xs, ys))
+        return sxx, syy, sxy
 
-    def single(self, raw, dtype):
-        x = self.decode(raw, dtype, self._buffers(len(raw) * 8 // DTYPE_BITS[dtype])[0])
-        mean = float(x.mean())
+    def single(self, raw, dtype, work=None):
+        work = work or self.work()
+        x = self.decode(raw, dtype, work[0][0], work)
+        n = x.size
         lo, hi = float(x.min()), float(x.max())
+        mean = float(x.sum()) / n
         x -= mean
-        return x.size, mean, float(self.np.vdot(x, x)), lo, hi
+        return n, mean, self._dots(x, None)[0], lo, hi
 
-    def pair(self, raw_a, dtype_a, raw_b, dtype_b):
+    def pair(self, raw_a, dtype_a, raw_b, dtype_b, work=None):
         """Moments of one chunk of a and b, already in the same element order."""
         np = self.np
-        n = len(raw_a) * 8 // DTYPE_BITS[dtype_a]
-        bx, by, bt = self._buffers(n)
-        x, y, t = self.decode(raw_a, dtype_a, bx), self.decode(raw_b, dtype_b, by), bt[:n]
+        work = work or self.work()
+        x = self.decode(raw_a, dtype_a, work[0][0], work)
+        y = self.decode(raw_b, dtype_b, work[0][1], work)
+        n = x.size
+        t = work[1][:n]
+        stats = (float(x.min()), float(x.max()), float(y.min()), float(y.max()))
         np.subtract(x, y, out=t)
         np.abs(t, out=t)
         maxdiff = float(t.max())
-        mx, my = float(x.mean()), float(y.mean())
-        stats = (float(x.min()), float(x.max()), float(y.min()), float(y.max()))
+        mx, my = float(x.sum()) / n, float(y.sum()) / n
         x -= mx
         y -= my
-        return n, mx, my, float(np.vdot(x, x)), float(np.vdot(y, y)), float(np.vdot(x, y)), maxdiff, stats
+        sxx, syy, sxy = self._dots(x, y)
+        return n, mx, my, sxx, syy, sxy, maxdiff, stats
+
+    def same_bytes(self, raw_a, raw_b) -> bool:
+        np = self.np
+        kind = "<u8" if len(raw_a) % 8 == 0 else np.uint8
+        return bool(np.array_equal(np.frombuffer(raw_a, dtype=kind), np.frombuffer(raw_b, dtype=kind)))
 
     def transpose_bytes(self, raw, out, rows: int, cols: int, size: int) -> None:
         """``raw`` holds a [cols, rows] tile of ``size``-byte elements; write it to ``out`` in [rows, cols] order."""
@@ -206,6 +241,9 @@ class _Numpy:
 
 
 class _Torch:
+    """torch on the CPU (same chunked scheme as numpy, in torch ops) or on a GPU: a whole block per step, read straight
+    into pinned host memory and copied to the device asynchronously."""
+
     name = "torch"
 
     def __init__(self, device: str) -> None:
@@ -214,46 +252,87 @@ class _Torch:
         self.torch = torch
         self.device = device
         self.cuda = device.startswith("cuda")
-        self.chunk = 1 << 62 if self.cuda else 1 << 20  # the GPU takes a whole block; the CPU, steps of 8 MiB in float64
-        self._pinned = None
-        self._np = None
+        # the GPU takes a whole block per step; the CPU, steps of TORCH_CHUNK elements, each op on one row of at most
+        # that many, so torch's intra-op thread pool never splits them (it would fight our threads: 50x slower, loaded)
+        self.chunk = 1 << 62 if self.cuda else TORCH_CHUNK
+        self.work_bytes = 0 if self.cuda else TORCH_CHUNK * (2 * 8 + 8)  # host memory per computing thread
+        self._pinned: list = []  # pinned host blocks: alive as long as the engine
 
-    def _u8(self, raw):
+    def host_buffer(self, n: int) -> memoryview:
+        if not self.cuda or n == 0:
+            return memoryview(bytearray(n))
+        import ctypes
+
+        torch = self.torch
+        pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+        self._pinned.append(pinned)
+        return memoryview((ctypes.c_char * n).from_address(pinned.data_ptr())).cast("B")
+
+    def work(self):
+        torch = self.torch
+        if self.cuda:
+            return {}  # grown on the device on first use (see _scratch)
+        return {"X": torch.empty((2, TORCH_CHUNK), dtype=torch.float64), "T": torch.empty(TORCH_CHUNK, dtype=torch.float64)}
+
+    def _scratch(self, work, n: int):
+        torch = self.torch
+        if "X" not in work or work["X"].shape[1] < n:
+            work["X"] = torch.empty((2, n), dtype=torch.float64, device=self.device)
+            work["T"] = torch.empty(n, dtype=torch.float64, device=self.device)
+        return work["X"], work["T"]
+
+    def _typed(self, raw, dtype: str):
+        """``raw`` as a tensor of its dtype: a view of the host bytes (CPU), or its asynchronous copy on the GPU."""
         torch = self.torch
         host = torch.frombuffer(raw, dtype=torch.uint8)
-        if not self.cuda:
-            return host
-        if self._pinned is None or self._pinned.numel() < len(raw):
-            self._pinned = torch.empty(len(raw), dtype=torch.uint8, pin_memory=True)
-        pinned = self._pinned[: len(raw)]
-        pinned.copy_(host)
-        return pinned.to(self.device, non_blocking=True)
+        if self.cuda:
+            host = host.to(self.device, non_blocking=True)  # pinned source: asynchronous; synchronised by .tolist()
+        return host.view(getattr(torch, TORCH_DTYPES[dtype]))
 
-    def decode(self, raw, dtype: str):
-        torch = self.torch
-        return self._u8(raw).view(getattr(torch, TORCH_DTYPES[dtype])).to(torch.float64)
+    def decode(self, raw, dtype: str, out=None, work=None):
+        src = self._typed(raw, dtype)
+        if out is None:
+            return src.to(self.torch.float64)
+        out = out[: src.numel()]
+        out.copy_(src)
+        return out
 
-    def single(self, raw, dtype):
+    def single(self, raw, dtype, work=None):
         torch = self.torch
-        x = self.decode(raw, dtype)
-        mean = x.mean()
+        work = work if work is not None else self.work()
+        n = len(raw) * 8 // DTYPE_BITS[dtype]
+        x = self.decode(raw, dtype, self._scratch(work, n)[0][0])
         lo, hi = torch.aminmax(x)
-        x -= mean
-        vals = torch.stack([mean, torch.dot(x, x), lo, hi]).tolist()
-        return x.numel(), vals[0], vals[1], vals[2], vals[3]
+        mean = x.sum() / n
+        x.sub_(mean)
+        t = self._scratch(work, n)[1][:n]
+        vals = torch.stack([mean, torch.mul(x, x, out=t).sum(), lo, hi]).tolist()
+        return n, vals[0], vals[1], vals[2], vals[3]
 
-    def pair(self, raw_a, dtype_a, raw_b, dtype_b):
+    def pair(self, raw_a, dtype_a, raw_b, dtype_b, work=None):
         torch = self.torch
-        x = self.decode(raw_a, dtype_a)
-        y = self.decode(raw_b, dtype_b)
-        maxdiff = (x - y).abs_().max()
-        mx, my = x.mean(), y.mean()
+        work = work if work is not None else self.work()
+        n = len(raw_a) * 8 // DTYPE_BITS[dtype_a]
+        xy, t = self._scratch(work, n)
+        xy = xy[:, :n]
+        t = t[:n]
+        x = self.decode(raw_a, dtype_a, xy[0])
+        y = self.decode(raw_b, dtype_b, xy[1])
         xlo, xhi = torch.aminmax(x)
         ylo, yhi = torch.aminmax(y)
-        x -= mx
-        y -= my
-        v = torch.stack([mx, my, torch.dot(x, x), torch.dot(y, y), torch.dot(x, y), maxdiff, xlo, xhi, ylo, yhi]).tolist()
-        return x.numel(), v[0], v[1], v[2], v[3], v[4], v[5], (v[6], v[7], v[8], v[9])
+        torch.sub(x, y, out=t)
+        maxdiff = t.abs_().max()
+        mx, my = x.sum() / n, y.sum() / n
+        x.sub_(mx)
+        y.sub_(my)
+        sxx, syy, sxy = (torch.mul(p, q, out=t).sum() for p, q in ((x, x), (y, y), (x, y)))  # no BLAS: see chunk
+        v = torch.stack([mx, my, sxx, syy, sxy, maxdiff, xlo, xhi, ylo, yhi]).tolist()
+        return n, v[0], v[1], v[2], v[3], v[4], v[5], (v[6], v[7], v[8], v[9])
+
+    def same_bytes(self, raw_a, raw_b) -> bool:
+        torch = self.torch
+        kind = torch.int64 if len(raw_a) % 8 == 0 else torch.uint8  # fewer elements: under the intra-op grain size
+        return bool(torch.equal(torch.frombuffer(raw_a, dtype=kind), torch.frombuffer(raw_b, dtype=kind)))
 
     def transpose_bytes(self, raw, out, rows: int, cols: int, size: int) -> None:
         torch = self.torch
@@ -307,47 +386,45 @@ class Located:
     offset: int
 
 
-class _Reader:
-    """Reads spans into one buffer, in chunks of at most READ_CHUNK, in parallel when ``workers`` > 1. Counts bytes."""
+_count_lock = threading.Lock()
 
-    def __init__(self, workers: int, progress: Progress | None):
-        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
-        self.progress = progress
-        self.bytes_read = 0
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+def _read_into(source: ByteSource, offset: int, view: memoryview) -> int:
+    """Fill ``view`` with ``len(view)`` bytes of ``source`` from ``offset``.
 
-    def read(self, source: ByteSource, spans: list[tuple[int, int]], buf: bytearray) -> memoryview:
-        """The bytes of each (offset, length) span, concatenated into ``buf`` (reused from block to block)."""
-        total = sum(n for _, n in spans)
-        jobs = []
-        pos = 0
-        for offset, length in spans:
-            done = 0
-            while done < length:
-                n = min(READ_CHUNK, length - done)
-                jobs.append((pos + done, offset + done, n))
-                done += n
-            pos += length
+    A local file is read with ``os.preadv`` straight into ``view`` (no intermediate ``bytes``) and its ``bytes_read``
+    counter advanced; any other source through ``source.read`` (one request), copied in. A short read is an error.
+    """
+    n = len(view)
+    if isinstance(source, LocalFile):
+        got = 0
+        try:
+            fd = os.open(source.path, os.O_RDONLY)
+            try:
+                while got < n:
+                    k = os.preadv(fd, [view[got:]], offset + got)
+                    if k == 0:
+                        break
+                    got += k
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise ReadError(source.name, e.strerror or str(e)) from None
+        with _count_lock:
+            source.bytes_read += got
+            source.reads += 1
+    else:
+        data = source.read(offset, n)
+        got = len(data)
+        view[: min(got, n)] = data[:n]
+        del data
+    if got != n:
+        raise ReadError(source.name, f"file ended after {got} of {n} bytes at offset {offset}")
+    return n
 
-        def one(job: tuple[int, int, int]) -> int:
-            at, offset, n = job
-            data = source.read(offset, n)
-            if len(data) != n:
-                raise ReadError(source.name, f"file ended after {len(data)} of {n} bytes at offset {offset}")
-            buf[at : at + n] = data
-            if self.progress is not None:
-                self.progress.advance(n)
-            return n
 
-        if self.pool is None or len(jobs) == 1:
-            got = sum(one(j) for j in jobs)
-        else:
-            got = sum(self.pool.map(one, jobs))
-        self.bytes_read += got
-        return memoryview(buf)[:total]
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _rows_cols(t: TensorRecord) -> tuple[int, int]:
@@ -357,19 +434,29 @@ def _rows_cols(t: TensorRecord) -> tuple[int, int]:
     return rows, (t.numel // rows if rows else 0)
 
 
+def _split(n: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """[0, n) in at most ``parts`` contiguous ranges whose inner boundaries are multiples of ``align``."""
+    units = -(-n // align)
+    per = -(-units // max(1, parts))
+    return [(k * align, min(n, (k + per) * align)) for k in range(0, units, per)]
+
+
 def compare(
     a: Located,
     b: Located | None,
     *,
     engine: _Numpy | _Torch,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
-    workers: int = 1,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> ContentCheck:
     """Compare ``b`` (a head, in its stored orientation) with ``a`` (the embedding), or describe ``a`` alone.
 
     Streams row blocks of ``a`` with the matching rows of ``b`` (the matching column tile, read row by row, when ``b``
-    is stored transposed); each block costs about ``block_bytes`` of memory.
+    is stored transposed). ``block_bytes`` bounds the host memory of the whole computation: the raw bytes of one block
+    of both tensors (read in place, in parallel pieces), the per-thread float64 work arrays, and for remote sources the
+    response bodies in flight. ``workers`` threads (default: up to 4, one per CPU) read pieces and reduce chunks; the
+    numbers do not depend on it beyond float64 rounding (chunk moments are merged in a fixed order).
     """
     ta, tb = a.tensor, b.tensor if b else None
     names = (ta.name,) + ((tb.name,) if tb else ())
@@ -392,54 +479,102 @@ def compare(
     ia = DTYPE_BITS[ta.dtype] // 8
     ib = DTYPE_BITS[tb.dtype] // 8 if tb else 0
     transposed = orientation == "transposed"
-    # memory per row of a block: the raw bytes of both tensors (twice the head's when it is re-ordered); the float64
-    # work arrays are a fixed few MiB (numpy, torch cpu) or live on the GPU
+    threads = workers if workers is not None else _default_threads()
+    sources = [a.source] + ([b.source] if b else [])
+    remote = not all(isinstance(s, LocalFile) for s in sources)
+    # the memory budget: per-thread work arrays, remote bodies in flight (a piece, and its copy while it is joined),
+    # then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for what is left
+    compute_threads = 1 if engine.chunk > CHUNK else threads
+    work_bytes = compute_threads * engine.work_bytes
+    piece_cap = READ_CHUNK
+    if remote:
+        piece_cap = max(MIN_PIECE, min(READ_CHUNK, block_bytes // (8 * threads)))
+    inflight = 2 * threads * piece_cap if remote else 0
     per_row = cols * (ia + ib * (2 if transposed else 1))
-    step = max(1, block_bytes // max(1, per_row))
-    buf_a = bytearray(min(step, rows) * cols * ia)
-    buf_b = bytearray(min(step, rows) * cols * ib) if tb else None
-    buf_t = bytearray(len(buf_b)) if transposed else None
-    reader = _Reader(workers, progress)
+    step = max(1, (block_bytes - work_bytes - inflight) // max(1, per_row))
+    step = min(step, rows)
+    buf_a = engine.host_buffer(step * cols * ia)
+    buf_b = engine.host_buffer(step * cols * ib) if tb else None
+    buf_t = engine.host_buffer(step * cols * ib) if transposed else None
+    works = [engine.work() for _ in range(compute_threads)]
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    run = pool.map if pool is not None else map
     if progress is not None:
         progress.start(ta.nbytes + (tb.nbytes if tb else 0), " vs ".join(names))
+    bytes_read = 0
+
+    def read(jobs: list[tuple[ByteSource, int, int, memoryview]]) -> None:
+        """Read (source, offset, length, destination) spans, cut into pieces spread over the threads."""
+        nonlocal bytes_read
+        total = sum(n for _, _, n, _ in jobs)
+        piece = max(1, min(piece_cap, -(-total // threads)))
+        pieces = [(src, off + k, view[k : min(n, k + piece)]) for src, off, n, view in jobs for k in range(0, n, piece)]
+        batches = [pieces[lo:hi] for lo, hi in _split(len(pieces), threads, 1)]
+        for got in run(lambda batch: sum(_read_into(*p) for p in batch), batches):
+            bytes_read += got
+            if progress is not None:
+                progress.advance(got)
+
+    def reduce_range(job: tuple[int, int, int, memoryview, memoryview | None]) -> tuple[list, bool]:
+        """Chunk moments of elements [lo, hi) of a block (raw_a, raw_b), and whether their bytes are equal."""
+        k0, lo, hi, raw_a, raw_b = job
+        work = works[k0]
+        out = []
+        same = check_same
+        for k in range(lo, hi, engine.chunk):
+            m = min(hi, k + engine.chunk)
+            ra = raw_a[k * ia : m * ia]
+            if raw_b is None:
+                out.append(engine.single(ra, ta.dtype, work))
+                continue
+            rb = raw_b[k * ib : m * ib]
+            if same:
+                same = engine.same_bytes(ra, rb)
+            out.append(engine.pair(ra, ta.dtype, rb, tb.dtype, work))
+        return out, same
+
     sa, sb = _Moments(), _Moments()
-    cxy, maxdiff, same = 0.0, 0.0, tb is not None and ta.dtype == tb.dtype
+    cxy, maxdiff = 0.0, 0.0
+    check_same = tb is not None and ta.dtype == tb.dtype
     try:
         for i in range(0, rows, step):
             j = min(rows, i + step)
-            raw_a = reader.read(a.source, [(a.offset + i * cols * ia, (j - i) * cols * ia)], buf_a)
-            if tb is None:
-                for k in range(0, (j - i) * cols, engine.chunk):
-                    m = min((j - i) * cols, k + engine.chunk)
-                    sa.merge(*engine.single(raw_a[k * ia : m * ia], ta.dtype))
-                continue
-            if not transposed:
-                raw_b = reader.read(b.source, [(b.offset + i * cols * ib, (j - i) * cols * ib)], buf_b)
-            else:  # head [cols, rows]: columns i..j of each of its rows, then put in the embedding's row order
-                tile = reader.read(b.source, [(b.offset + (r * rows + i) * ib, (j - i) * ib) for r in range(cols)], buf_b)
-                engine.transpose_bytes(tile, buf_t, j - i, cols, ib)
-                raw_b = memoryview(buf_t)[: len(tile)]
-            if same:
-                same = raw_a == raw_b  # memcmp of the two blocks, element for element in the head's orientation
             n_block = (j - i) * cols
-            for k in range(0, n_block, engine.chunk):
-                m = min(n_block, k + engine.chunk)
-                n, mx, my, sxx, syy, sxy, md, (xlo, xhi, ylo, yhi) = engine.pair(
-                    raw_a[k * ia : m * ia], ta.dtype, raw_b[k * ib : m * ib], tb.dtype
-                )
-                na = sa.n
-                dx = sa.merge(n, mx, sxx, xlo, xhi)
-                dy = sb.merge(n, my, syy, ylo, yhi)
-                cxy += sxy + (dx * dy * na * n / (na + n) if na else 0.0)
-                maxdiff = md if math.isnan(md) else max(maxdiff, md)
+            raw_a = buf_a[: n_block * ia]
+            jobs = [(a.source, a.offset + i * cols * ia, n_block * ia, raw_a)]
+            raw_b = None
+            if tb is not None and not transposed:
+                raw_b = buf_b[: n_block * ib]
+                jobs.append((b.source, b.offset + i * cols * ib, n_block * ib, raw_b))
+            elif transposed:  # head [cols, rows]: columns i..j of each of its rows, then put in the embedding's order
+                width = (j - i) * ib
+                jobs += [(b.source, b.offset + (r * rows + i) * ib, width, buf_b[r * width : (r + 1) * width]) for r in range(cols)]
+            read(jobs)
+            if transposed:
+                engine.transpose_bytes(buf_b[: n_block * ib], buf_t, j - i, cols, ib)
+                raw_b = buf_t[: n_block * ib]
+            parts = _split(n_block, compute_threads, min(engine.chunk, n_block))
+            for chunks, same in run(reduce_range, [(k, lo, hi, raw_a, raw_b) for k, (lo, hi) in enumerate(parts)]):
+                check_same = check_same and same
+                for c in chunks:
+                    if raw_b is None:
+                        sa.merge(*c)
+                        continue
+                    n, mx, my, sxx, syy, sxy, md, (xlo, xhi, ylo, yhi) = c
+                    na = sa.n
+                    dx = sa.merge(n, mx, sxx, xlo, xhi)
+                    dy = sb.merge(n, my, syy, ylo, yhi)
+                    cxy += sxy + (dx * dy * na * n / (na + n) if na else 0.0)
+                    maxdiff = md if math.isnan(md) else max(maxdiff, md)
     finally:
-        reader.close()
+        if pool is not None:
+            pool.shutdown()
         if progress is not None:
             progress.stop()
 
     if tb is None:
         return ContentCheck(
-            orientation=orientation, pearson_r=1.0, max_abs_diff=0.0, identical=True, bytes_read=reader.bytes_read,
+            orientation=orientation, pearson_r=1.0, max_abs_diff=0.0, identical=True, bytes_read=bytes_read,
             elements=ta.numel, stats=MappingProxyType({ta.name: MappingProxyType(sa.summary())}), **base,
         )
     r = None
@@ -449,8 +584,8 @@ def compare(
         orientation=orientation,
         pearson_r=r,
         max_abs_diff=maxdiff if math.isfinite(maxdiff) else None,
-        identical=bool(same),
-        bytes_read=reader.bytes_read,
+        identical=bool(check_same),
+        bytes_read=bytes_read,
         elements=ta.numel,
         stats=MappingProxyType({ta.name: MappingProxyType(sa.summary()), tb.name: MappingProxyType(sb.summary())}),
         **base,
