@@ -130,6 +130,23 @@ def _by_shape(shape_of_name: str) -> tuple[str | None, str | None, bool, bool]:
     )
 
 
+_LAYER_WORDS = frozenset({"h", "layers", "layer", "blocks", "block", "blk"})
+_STACK_WORDS = frozenset({"encoder", "decoder", "vision_model", "text_model", "vision_tower"})
+
+
+@lru_cache(maxsize=65536)
+def _layer_at(shape_of_name: str) -> tuple[int, str | None] | None:
+    """Where :func:`layer_of` finds the layer, for a name with its numbers zeroed: (index of the layer number among
+    the name's dot-separated parts, the stack before it or None). The same first matches as LAYER and STACK, found
+    once per shape of name, so each tensor only picks its own number out of its parts."""
+    parts = shape_of_name.split(".")
+    for i in range(len(parts) - 1):
+        if parts[i] in _LAYER_WORDS and parts[i + 1] == "0":
+            stack = next((p for p in parts[:i] if p in _STACK_WORDS), None)
+            return i + 1, stack
+    return None
+
+
 def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Classified, ...]:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
@@ -144,8 +161,11 @@ def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Cl
             ranks[stem] = len(t.shape)
     out = []
     for t in tensors:
-        buffer_by_name, component, ends_bias, has_layer = _by_shape(_DIGITS.sub("0", t.name))
-        layer = layer_of(t.name) if has_layer else None
+        parts = t.name.split(".")
+        shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])  # == _DIGITS.sub("0", t.name)
+        buffer_by_name, component, ends_bias, has_layer = _by_shape(shape_of_name)
+        at = _layer_at(shape_of_name) if has_layer else None
+        layer = None if at is None else (f"{at[1]}.{parts[at[0]]}" if at[1] else parts[at[0]])
         rank = len(t.shape)
         if t.dtype in NON_FLOAT_DTYPES:
             out.append(Classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
