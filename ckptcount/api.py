@@ -7,7 +7,7 @@ import dataclasses
 from . import moe, quant
 from .classify import classify
 from .count import count
-from .errors import CkptError
+from .errors import CkptError, TargetNotFound
 from .local import load_local
 from .records import Checkpoint, Report
 from .tying import find_ties
@@ -48,7 +48,14 @@ def load(target: str, *, revision: str | None = None, token: str | None = None) 
         from .hub import is_hub_target, load_hub
 
         if is_hub_target(target):
-            return load_hub(target, revision=revision, token=token)
+            try:
+                return load_hub(target, revision=revision, token=token)
+            except CkptError as e:
+                # `runs/ckpt-7` with `runs/` here is a mistyped local path far more often than a Hub repo
+                parent = os.path.dirname(target.rstrip("/"))
+                if parent and os.path.isdir(parent) and "://" not in target:
+                    raise TargetNotFound(target, f"no such file or directory (nor a Hub repo: {e.what})") from None
+                raise
     return load_local(target)
 
 

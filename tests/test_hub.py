@@ -394,3 +394,15 @@ def test_preflight_json_and_checks(hub):
     assert r.stderr == "Check failed: openai-community/gpt2: download 14,347 B (0.00 GB, 0.00 GiB) exceeds --max-size 12,000 B (0.00 GB, 0.00 GiB)\n"
     r = runner.invoke(main, ["openai-community/gpt2", "--fits", "lots"])
     assert r.exit_code == 2 and "'lots' is not a size" in r.stderr
+
+
+def test_mistyped_local_path_says_no_such_file_first(hub, tmp_path, monkeypatch):
+    """`runs/ckpt-7` with a `runs/` folder here is a local typo: say so, and what the Hub said."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["runs/ckpt-7"])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("Error: runs/ckpt-7: no such file or directory (nor a Hub repo: ")
+    assert r.stderr.count("\n") == 1
+    r = CliRunner().invoke(main, ["elsewhere/ckpt-7"])  # no such folder here: a Hub repo id, reported as such
+    assert r.exit_code == 1 and "no such file or directory" not in r.stderr
