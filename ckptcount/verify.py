@@ -168,6 +168,9 @@ class _Numpy:
     def host_buffer(self, n: int) -> memoryview:
         return memoryview(bytearray(n))
 
+    def release(self) -> None:
+        """Nothing to release: the block buffers are garbage once compare() drops them."""
+
     def work(self):
         np = self.np
         return (np.empty((2, CHUNK), dtype=np.float64), np.empty(CHUNK, dtype=np.float64), np.empty(CHUNK, dtype=np.uint32))
@@ -201,6 +204,12 @@ class _Numpy:
                 sxy += float(dot(xs, ys))
         return sxx, syy, sxy
 
+    def _extremes(self, raw, dtype, x) -> tuple[float, float]:
+        """min and max: on the stored float32 values when they are float32 (exact, half the bytes), else on ``x``."""
+        if dtype == "F32":
+            x = self.np.frombuffer(raw, dtype="<f4")
+        return float(x.min()), float(x.max())
+
     def single(self, raw, dtype, work=None):
         work = work or self.work()
         x = self.decode(raw, dtype, work[0][0], work)
@@ -218,7 +227,7 @@ class _Numpy:
         y = self.decode(raw_b, dtype_b, work[0][1], work)
         n = x.size
         t = work[1][:n]
-        stats = (float(x.min()), float(x.max()), float(y.min()), float(y.max()))
+        stats = self._extremes(raw_a, dtype_a, x) + self._extremes(raw_b, dtype_b, y)
         np.subtract(x, y, out=t)
         np.abs(t, out=t)
         maxdiff = float(t.max())
@@ -267,6 +276,12 @@ class _Torch:
         pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
         self._pinned.append(pinned)
         return memoryview((ctypes.c_char * n).from_address(pinned.data_ptr())).cast("B")
+
+    def release(self) -> None:
+        """Free the pinned blocks of the last compare(), once no copy from them can still be in flight."""
+        if self._pinned:
+            self.torch.cuda.synchronize(self.device)
+            self._pinned.clear()
 
     def work(self):
         torch = self.torch
@@ -482,14 +497,15 @@ def compare(
     threads = workers if workers is not None else _default_threads()
     sources = [a.source] + ([b.source] if b else [])
     remote = not all(isinstance(s, LocalFile) for s in sources)
-    # the memory budget: per-thread work arrays, remote bodies in flight (a piece, and its copy while it is joined),
-    # then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for what is left
-    compute_threads = 1 if engine.chunk > CHUNK else threads
+    # the memory budget: per-thread work arrays, remote bodies in flight (a piece, its copy while it is joined, and
+    # allocator slack), then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for the
+    # rest
+    compute_threads = 1 if engine.chunk > CHUNK else min(threads, _default_threads())  # more threads only for I/O
     work_bytes = compute_threads * engine.work_bytes
     piece_cap = READ_CHUNK
     if remote:
         piece_cap = max(MIN_PIECE, min(READ_CHUNK, block_bytes // (8 * threads)))
-    inflight = 2 * threads * piece_cap if remote else 0
+    inflight = 3 * threads * piece_cap if remote else 0
     per_row = cols * (ia + ib * (2 if transposed else 1))
     step = max(1, (block_bytes - work_bytes - inflight) // max(1, per_row))
     step = min(step, rows)
@@ -536,6 +552,7 @@ def compare(
     sa, sb = _Moments(), _Moments()
     cxy, maxdiff = 0.0, 0.0
     check_same = tb is not None and ta.dtype == tb.dtype
+    raw_a = raw_b = None
     try:
         for i in range(0, rows, step):
             j = min(rows, i + step)
@@ -569,6 +586,8 @@ def compare(
     finally:
         if pool is not None:
             pool.shutdown()
+        del buf_a, buf_b, buf_t, raw_a, raw_b
+        engine.release()
         if progress is not None:
             progress.stop()
 
