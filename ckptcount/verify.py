@@ -51,7 +51,7 @@ from .sources import LocalFile, inside
 DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024  # host memory of one comparison: raw block of both tensors + work arrays + bodies
 READ_CHUNK = 8 * 1024 * 1024  # one read request at most this long (parallel requests for remote sources)
 MIN_PIECE = 256 * 1024  # remote pieces shrink with the budget (bodies in flight count against it), down to this
-CHUNK = 1 << 16  # elements per CPU reduction step: 2 float64 rows + 1 temp = 1.5 MiB per thread, L2/L3-resident
+CHUNK = 1 << 16  # elements per CPU reduction step: float64 work arrays of 1.75 MiB per thread, cache-resident
 TORCH_CHUNK = 1 << 15  # torch's at::internal::GRAIN_SIZE: ops on at most this many elements stay on the calling thread
 DOT = 8192  # elements per BLAS dot: OpenBLAS splits a ddot over 10,000 elements across threads, 4-20x slower when busy
 NEAR_COPY_R = 0.99
@@ -154,8 +154,7 @@ class _Numpy:
 
     name = "numpy"
     device = "cpu"
-    chunk = CHUNK
-    work_bytes = CHUNK * (2 * 8 + 8 + 4)  # X [2, CHUNK] float64, T [CHUNK] float64, U [CHUNK] uint32 (bf16)
+    cuda = False
 
     def __init__(self) -> None:
         try:
@@ -163,6 +162,8 @@ class _Numpy:
         except ImportError:
             raise VerifyError("--verify-ties", "needs numpy (CPU) or torch (CPU or GPU): pip install 'ckptcount[torch]'") from None
         self.np = np
+        self.chunk = CHUNK
+        self.work_bytes = CHUNK * (2 * 8 + 8 + 4)  # X [2, CHUNK] float64, T [CHUNK] float64, U [CHUNK] uint32 (bf16)
         self._luts = {dtype: np.array(fp8_values(dtype), dtype=np.float64) for dtype in DECODABLE if dtype.startswith("F8")}
 
     def host_buffer(self, n: int) -> memoryview:
@@ -173,7 +174,8 @@ class _Numpy:
 
     def work(self):
         np = self.np
-        return (np.empty((2, CHUNK), dtype=np.float64), np.empty(CHUNK, dtype=np.float64), np.empty(CHUNK, dtype=np.uint32))
+        n = self.chunk
+        return (np.empty((2, n), dtype=np.float64), np.empty(n, dtype=np.float64), np.empty(n, dtype=np.uint32))
 
     def decode(self, raw, dtype: str, out=None, work=None):
         """float64 values of little-endian ``raw``, written into ``out`` (allocated when not given): one pass, no copy of
@@ -264,7 +266,7 @@ class _Torch:
         # the GPU takes a whole block per step; the CPU, steps of TORCH_CHUNK elements, each op on one row of at most
         # that many, so torch's intra-op thread pool never splits them (it would fight our threads: 50x slower, loaded)
         self.chunk = 1 << 62 if self.cuda else TORCH_CHUNK
-        self.work_bytes = 0 if self.cuda else TORCH_CHUNK * (2 * 8 + 8)  # host memory per computing thread
+        self.work_bytes = 0 if self.cuda else self.chunk * (2 * 8 + 8)  # host memory per computing thread
         self._pinned: list = []  # pinned host blocks: alive as long as the engine
 
     def host_buffer(self, n: int) -> memoryview:
@@ -287,7 +289,7 @@ class _Torch:
         torch = self.torch
         if self.cuda:
             return {}  # grown on the device on first use (see _scratch)
-        return {"X": torch.empty((2, TORCH_CHUNK), dtype=torch.float64), "T": torch.empty(TORCH_CHUNK, dtype=torch.float64)}
+        return {"X": torch.empty((2, self.chunk), dtype=torch.float64), "T": torch.empty(self.chunk, dtype=torch.float64)}
 
     def _scratch(self, work, n: int):
         torch = self.torch
@@ -500,11 +502,11 @@ def compare(
     # the memory budget: per-thread work arrays, remote bodies in flight (a piece, its copy while it is joined, and
     # allocator slack), then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for the
     # rest
-    compute_threads = 1 if engine.chunk > CHUNK else min(threads, _default_threads())  # more threads only for I/O
+    compute_threads = 1 if engine.cuda else min(threads, _default_threads())  # more threads only for I/O
     work_bytes = compute_threads * engine.work_bytes
     piece_cap = READ_CHUNK
     if remote:
-        piece_cap = max(MIN_PIECE, min(READ_CHUNK, block_bytes // (8 * threads)))
+        piece_cap = min(READ_CHUNK, max(MIN_PIECE, block_bytes // (8 * threads)))
     inflight = 3 * threads * piece_cap if remote else 0
     per_row = cols * (ia + ib * (2 if transposed else 1))
     step = max(1, (block_bytes - work_bytes - inflight) // max(1, per_row))

@@ -365,6 +365,115 @@ def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
     assert c.bytes_read == spans
     data = [r for r in hub.requests() if r.range and r.status == 206]
     assert sum(r.sent for r in data) == spans
+    assert max(r.sent for r in data) <= 4096  # one request never exceeds READ_CHUNK
     assert all(r.host == "cdn" for r in data[1:])  # after the first redirect, reads go straight to the CDN
     r = CliRunner().invoke(main, ["org/transposed-near", "--verify-ties", "--strict"])
     assert r.exit_code == 4 and "near-copy" in r.stdout
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The streaming core at scale: many chunks, dot sub-slices, blocks, threads; memory; short files.
+
+
+def _locate_all(folder):
+    report = audit(str(folder))
+    files = {f.path: f for f in report.checkpoint.files}
+    opener = local_opener(str(folder))
+    loc = {t.name: Located(t, opener(t.file), 8 + files[t.file].header_bytes + t.begin) for t in report.checkpoint.tensors}
+    return loc, opener
+
+
+@pytest.fixture(scope="module")
+def offset_pair(tmp_path_factory):
+    """A 257 x 75 F32 embedding far from zero mean (centring matters) and a head equal to it but for one element in
+    its last rows, so 'identical' must be decided by the last chunk."""
+    rng = np.random.default_rng(7)
+    emb = (rng.standard_normal((257, 75)) * 0.02 + 3.0).astype(np.float32)
+    head = emb.copy()
+    head[250, 11] += np.float32(0.5)
+    folder = _write(tmp_path_factory.mktemp("offset"), {"model.embed_tokens.weight": torch.from_numpy(emb),
+                                                        "lm_head.weight": torch.from_numpy(head)}, {"tie_word_embeddings": False})
+    return folder, emb, head
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("block", [10**9, 20_000])
+def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, backend, workers, block):
+    """Chunks of 1000 elements (dots in slices of 128) over 19,275 elements, blocks of a few rows, 1 or 3 threads:
+    the same r, max diff, stats and identical flag as np.corrcoef in float64 over the whole tensors."""
+    import ckptcount.verify as verify
+
+    monkeypatch.setattr(verify, "CHUNK", 1000)
+    monkeypatch.setattr(verify, "TORCH_CHUNK", 700)
+    monkeypatch.setattr(verify, "DOT", 128)
+    folder, emb, head = offset_pair
+    loc, opener = _locate_all(folder)
+    engine = resolve("cpu", backend)
+    assert engine.chunk == (1000 if backend == "numpy" else 700)
+    c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=engine, block_bytes=block, workers=workers)
+    e, h = emb.astype(np.float64), head.astype(np.float64)
+    assert c.pearson_r == pytest.approx(float(np.corrcoef(e.ravel(), h.ravel())[0, 1]), abs=1e-9)
+    assert c.max_abs_diff == float(np.abs(e - h).max())
+    assert c.identical is False  # one element differs, in the last block and chunk
+    for name, x in (("model.embed_tokens.weight", e), ("lm_head.weight", h)):
+        s = c.stats[name]
+        assert (s["mean"], s["std"], s["min"], s["max"]) == pytest.approx((x.mean(), x.std(), x.min(), x.max()), rel=1e-9)
+    spans = 2 * emb.nbytes
+    assert c.bytes_read == spans == sum(f.bytes_read for f in opener.opened.values())
+    # the structural path (one tensor) through the same chunks
+    s = compare(loc["lm_head.weight"], None, engine=engine, block_bytes=block, workers=workers)
+    assert s.stats["lm_head.weight"]["std"] == pytest.approx(h.std(), rel=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_identical_copy_across_chunks_and_threads(offset_pair, monkeypatch, tmp_path, backend):
+    import ckptcount.verify as verify
+
+    monkeypatch.setattr(verify, "CHUNK", 1000)
+    monkeypatch.setattr(verify, "TORCH_CHUNK", 1000)
+    _, emb, _ = offset_pair
+    folder = _write(tmp_path / "same", {"model.embed_tokens.weight": torch.from_numpy(emb),
+                                       "lm_head.weight": torch.from_numpy(emb.copy())}, {"tie_word_embeddings": False})
+    loc, _ = _locate_all(folder)
+    c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=resolve("cpu", backend), block_bytes=30_000, workers=2)
+    assert (c.identical, c.max_abs_diff, c.pearson_r) == (True, 0.0, pytest.approx(1.0, abs=1e-12))
+
+
+def test_peak_memory_stays_within_the_block_budget(tmp_path):
+    """4096 x 512 F32 embedding and head (8 MiB each) under an 8 MiB budget, two threads: the peak of Python-tracked
+    allocations (bytearrays and numpy arrays, both traced by tracemalloc) during the comparison stays within 1.2x the
+    budget, and is not trivially small (the block really is most of it)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((4096, 512), dtype=np.float32)
+    folder = _write(tmp_path / "big", {"model.embed_tokens.weight": torch.from_numpy(emb),
+                                      "lm_head.weight": torch.from_numpy(emb[::-1].copy())}, {"tie_word_embeddings": False})
+    loc, _ = _locate_all(folder)
+    engine = resolve("cpu", "numpy")
+    budget = 8 * 2**20
+    tracemalloc.start()
+    try:
+        c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=engine, block_bytes=budget, workers=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert c.bytes_read == 2 * emb.nbytes
+    assert 0.5 * budget < peak <= 1.2 * budget, peak / budget
+
+
+def test_short_file_is_a_one_line_not_verified_finding(ckpts, tmp_path):
+    """The file shrank after its header was read: the read stops at the end of the file and says where."""
+    import shutil
+
+    folder = tmp_path / "short"
+    shutil.copytree(ckpts["near-copy"][0], folder)
+    report = audit(str(folder))
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: -(D * 4 + 100)])  # model.norm.weight (last) and 100 bytes of the one before
+    out = verify_report(report, backend="numpy", device="cpu")
+    (f,) = out.checkpoint.findings
+    assert f.kind == "not-verified"
+    assert "file ended after" in f.message and "\n" not in f.message
+    assert out.verification.embedding_vs_head.skipped
