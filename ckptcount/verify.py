@@ -172,9 +172,8 @@ class _Numpy:
     def release(self) -> None:
         """Nothing to release: the block buffers are garbage once compare() drops them."""
 
-    def work(self):
+    def work(self, n: int):
         np = self.np
-        n = self.chunk
         return (np.empty((2, n), dtype=np.float64), np.empty(n, dtype=np.float64), np.empty(n, dtype=np.uint32))
 
     def decode(self, raw, dtype: str, out=None, work=None):
@@ -213,7 +212,7 @@ class _Numpy:
         return float(x.min()), float(x.max())
 
     def single(self, raw, dtype, work=None):
-        work = work or self.work()
+        work = work or self.work(len(raw) * 8 // DTYPE_BITS[dtype])
         x = self.decode(raw, dtype, work[0][0], work)
         n = x.size
         lo, hi = float(x.min()), float(x.max())
@@ -224,7 +223,7 @@ class _Numpy:
     def pair(self, raw_a, dtype_a, raw_b, dtype_b, work=None):
         """Moments of one chunk of a and b, already in the same element order."""
         np = self.np
-        work = work or self.work()
+        work = work or self.work(len(raw_a) * 8 // DTYPE_BITS[dtype_a])
         x = self.decode(raw_a, dtype_a, work[0][0], work)
         y = self.decode(raw_b, dtype_b, work[0][1], work)
         n = x.size
@@ -285,11 +284,11 @@ class _Torch:
             self.torch.cuda.synchronize(self.device)
             self._pinned.clear()
 
-    def work(self):
+    def work(self, n: int):
         torch = self.torch
         if self.cuda:
             return {}  # grown on the device on first use (see _scratch)
-        return {"X": torch.empty((2, self.chunk), dtype=torch.float64), "T": torch.empty(self.chunk, dtype=torch.float64)}
+        return {"X": torch.empty((2, n), dtype=torch.float64), "T": torch.empty(n, dtype=torch.float64)}
 
     def _scratch(self, work, n: int):
         torch = self.torch
@@ -316,7 +315,7 @@ class _Torch:
 
     def single(self, raw, dtype, work=None):
         torch = self.torch
-        work = work if work is not None else self.work()
+        work = work if work is not None else {}
         n = len(raw) * 8 // DTYPE_BITS[dtype]
         x = self.decode(raw, dtype, self._scratch(work, n)[0][0])
         lo, hi = torch.aminmax(x)
@@ -328,7 +327,7 @@ class _Torch:
 
     def pair(self, raw_a, dtype_a, raw_b, dtype_b, work=None):
         torch = self.torch
-        work = work if work is not None else self.work()
+        work = work if work is not None else {}
         n = len(raw_a) * 8 // DTYPE_BITS[dtype_a]
         xy, t = self._scratch(work, n)
         xy = xy[:, :n]
@@ -503,18 +502,22 @@ def compare(
     # allocator slack), then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for the
     # rest
     compute_threads = 1 if engine.cuda else min(threads, _default_threads())  # more threads only for I/O
-    work_bytes = compute_threads * engine.work_bytes
     piece_cap = READ_CHUNK
     if remote:
         piece_cap = min(READ_CHUNK, max(MIN_PIECE, block_bytes // (8 * threads)))
     inflight = 3 * threads * piece_cap if remote else 0
     per_row = cols * (ia + ib * (2 if transposed else 1))
-    step = max(1, (block_bytes - work_bytes - inflight) // max(1, per_row))
-    step = min(step, rows)
+    per_elem = compute_threads * engine.work_bytes // engine.chunk  # work bytes per element of a chunk, all threads
+    room = block_bytes - inflight
+    step = (room - engine.chunk * per_elem) // max(1, per_row)
+    if step * cols < engine.chunk:  # a small budget: chunks as long as a block, work arrays to match
+        step = room // max(1, per_row + cols * per_elem)
+    step = min(max(1, step), rows)
+    chunk = min(engine.chunk, step * cols)
     buf_a = engine.host_buffer(step * cols * ia)
     buf_b = engine.host_buffer(step * cols * ib) if tb else None
     buf_t = engine.host_buffer(step * cols * ib) if transposed else None
-    works = [engine.work() for _ in range(compute_threads)]
+    works = [engine.work(chunk) for _ in range(compute_threads)]
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     run = pool.map if pool is not None else map
     if progress is not None:
@@ -539,8 +542,8 @@ def compare(
         work = works[k0]
         out = []
         same = check_same
-        for k in range(lo, hi, engine.chunk):
-            m = min(hi, k + engine.chunk)
+        for k in range(lo, hi, chunk):
+            m = min(hi, k + chunk)
             ra = raw_a[k * ia : m * ia]
             if raw_b is None:
                 out.append(engine.single(ra, ta.dtype, work))
@@ -572,7 +575,7 @@ def compare(
             if transposed:
                 engine.transpose_bytes(buf_b[: n_block * ib], buf_t, j - i, cols, ib)
                 raw_b = buf_t[: n_block * ib]
-            parts = _split(n_block, compute_threads, min(engine.chunk, n_block))
+            parts = _split(n_block, compute_threads, min(chunk, n_block))
             for chunks, same in run(reduce_range, [(k, lo, hi, raw_a, raw_b) for k, (lo, hi) in enumerate(parts)]):
                 check_same = check_same and same
                 for c in chunks:
