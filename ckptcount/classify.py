@@ -27,6 +27,7 @@ from .records import (
     WEIGHT,
     Classified,
     TensorRecord,
+    classified,
 )
 
 LAYER = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|blk)\.(\d+)(?:\.|$)")
@@ -168,11 +169,11 @@ def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Cl
         layer = None if at is None else (f"{at[1]}.{parts[at[0]]}" if at[1] else parts[at[0]])
         rank = len(t.shape)
         if t.dtype in NON_FLOAT_DTYPES:
-            out.append(Classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
+            out.append(classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
             continue
         # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
         if buffer_by_name is not None and not (buffer_by_name == "causal mask" and rank == 1 and not t.name.endswith("masked_bias")):
-            out.append(Classified(t, BUFFER, None, layer, buffer_by_name))
+            out.append(classified(t, BUFFER, None, layer, buffer_by_name))
             continue
         kind = BIAS if rank == 1 and ends_bias else WEIGHT
         why = "name"
@@ -181,5 +182,5 @@ def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Cl
                 component, why = NORM, "vector without a matrix beside it"
             else:
                 component, why = OTHER, "no row matched"
-        out.append(Classified(t, kind, component, layer, why))
+        out.append(classified(t, kind, component, layer, why))
     return tuple(out)

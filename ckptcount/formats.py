@@ -78,7 +78,7 @@ def read_safetensors(source: ByteSource, name: str, where: str) -> FileRead:
         bytes_read=getattr(source, "bytes_read", 8 + header.header_bytes),
         format="safetensors",
     )
-    return FileRead(record, tensors)
+    return FileRead(record, tensors, data_bytes=header.data_bytes)
 
 
 READERS = {"safetensors": read_safetensors}

@@ -49,20 +49,30 @@ def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
 def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: str) -> list[Finding]:
     """Disagreements between an index and the shard headers it names. Pure: testable on hand-built records."""
     findings: list[Finding] = []
-    located: dict[str, list[str]] = {}
+    located: dict[str, str] = {}  # name -> first shard holding it
+    again: dict[str, list[str]] = {}  # names stored in more than one shard -> every shard
     for shard, read in reads.items():
         for t in read.tensors:
-            located.setdefault(t.name, []).append(shard)
+            first = located.setdefault(t.name, shard)
+            if first != shard or t.name in again:
+                again.setdefault(t.name, [first]).append(shard)
+
+    def places(name: str) -> list[str]:
+        return again.get(name) or ([located[name]] if name in located else [])
+
+    if located.keys() == weight_map.keys() and not again and all(located[n] == s for n, s in weight_map.items()):
+        return findings  # the common case, decided in one pass
     for name, shard in weight_map.items():
-        places = located.get(name, [])
-        if shard not in places:
-            elsewhere = f" (found in {', '.join(places)})" if places else ""
+        where = places(name)
+        if shard not in where:
+            elsewhere = f" (found in {', '.join(where)})" if where else ""
             findings.append(Finding("index-mismatch", f"{index} maps {name!r} to {shard} but that shard does not hold it{elsewhere}"))
-    for name, places in located.items():
-        if len(places) > 1:
-            findings.append(Finding("duplicate-tensor", f"tensor {name!r} is stored in {len(places)} shards: {', '.join(places)}"))
+    for name in located:
+        where = places(name)
+        if len(where) > 1:
+            findings.append(Finding("duplicate-tensor", f"tensor {name!r} is stored in {len(where)} shards: {', '.join(where)}"))
         elif name not in weight_map:
-            findings.append(Finding("index-mismatch", f"{index} does not list {name!r}, stored in {places[0]}"))
+            findings.append(Finding("index-mismatch", f"{index} does not list {name!r}, stored in {where[0]}"))
     return findings
 
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Mapping, Protocol
 
 from .errors import HeaderError, ReadError
-from .records import DTYPE_BITS, TensorRecord
+from .records import DTYPE_BITS, TensorRecord, tensor_record
 
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's cap
 _U64_MAX = 2**64 - 1
@@ -146,7 +146,7 @@ def _tensor(name: str, info: object, where: str, file: str) -> TensorRecord:
         raise HeaderError(where, f"tensor {_q(name)} is {nbits} bits of {dtype}, not a whole number of bytes")
     if end - begin != nbits // 8:
         raise HeaderError(where, f"tensor {_q(name)} declares {nbits // 8} bytes but its offsets span {end - begin}")
-    return TensorRecord(name, dtype, tuple(shape), file, begin, end)
+    return tensor_record(name, dtype, tuple(shape), file, begin, end, numel)
 
 
 def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None = None) -> Header:
