@@ -76,7 +76,16 @@ def tensor_record(name: str, dtype: str, shape: tuple[int, ...], file: str, begi
     100k-tensor headers call this once per tensor), with ``numel`` already computed by the caller's validation.
     The result is an ordinary frozen TensorRecord (equal, hashable, immutable through attributes)."""
     r = _new(TensorRecord)
-    r.__dict__.update(name=name, dtype=dtype, shape=shape, file=file, begin=begin, end=end, stored_bytes=None, storage=None, numel=numel)
+    d = r.__dict__  # keys set one by one in field order keep the compact key-sharing dict (update() would not)
+    d["name"] = name
+    d["dtype"] = dtype
+    d["shape"] = shape
+    d["file"] = file
+    d["begin"] = begin
+    d["end"] = end
+    d["stored_bytes"] = None
+    d["storage"] = None
+    d["numel"] = numel
     return r
 
 
@@ -154,7 +163,12 @@ class Classified:
 def classified(tensor: TensorRecord, kind: str, component: str | None, layer: str | None, reason: str) -> Classified:
     """A :class:`Classified` built without per-field ``__setattr__`` (see :func:`tensor_record`)."""
     c = _new(Classified)
-    c.__dict__.update(tensor=tensor, kind=kind, component=component, layer=layer, reason=reason)
+    d = c.__dict__
+    d["tensor"] = tensor
+    d["kind"] = kind
+    d["component"] = component
+    d["layer"] = layer
+    d["reason"] = reason
     return c
 
 
