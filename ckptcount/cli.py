@@ -134,19 +134,18 @@ def _verify(results: list, device: str, token: str | None = None) -> list:
     except VerifyError as e:
         click.echo(f"Error: {safe(str(e))}", err=True)
         sys.exit(EXIT_USAGE)
-    if engine.name == "numpy":
+    if getattr(engine, "torch_missing", False):
         click.echo("ckptcount: torch is not installed: verifying with numpy on the CPU (pip install 'ckptcount[torch]'; a CUDA build of torch for the GPU)", err=True)
     progress = StderrProgress() if sys.stderr.isatty() else None
     return verify_results(results, engine=engine, progress=progress, token=token)
 
 
 def exit_code(results: list, *, strict: bool) -> int:
-    """1 if any target failed; else 4 if --strict and any target has findings; else 0."""
+    """1 if any target failed; else 3 if a preflight check failed; else 4 if --strict and any target has findings;
+    else 0."""
     if any(isinstance(r, CkptError) for r in results):
         return EXIT_INVALID
     if any(getattr(r, "preflight", None) is not None and r.preflight.failed for r in results):
-        from .errors import EXIT_CHECK
-
         return EXIT_CHECK  # 3: --max-size / --fits
     if strict and any(r.checkpoint.findings for r in results):
         return EXIT_FINDINGS
