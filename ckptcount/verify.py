@@ -155,6 +155,7 @@ class _Numpy:
     name = "numpy"
     device = "cpu"
     cuda = False
+    torch_missing = False  # set by resolve(): the CLI then says what to install for the GPU
 
     def __init__(self) -> None:
         try:
@@ -358,7 +359,8 @@ class _Torch:
 
 
 def resolve(device: str = "auto", backend: str | None = None) -> _Numpy | _Torch:
-    """The backend that will compute: torch on ``cuda`` when present (``auto``), torch on cpu, or numpy on cpu."""
+    """The backend that will compute: torch on ``cuda`` when present (``auto``) or asked for, else numpy on the CPU
+    (torch on the CPU with ``backend="torch"``, or when numpy is missing)."""
     if backend not in (None, "torch", "numpy"):
         raise VerifyError("--verify-ties", f"unknown backend {backend!r}: torch or numpy")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -376,9 +378,18 @@ def resolve(device: str = "auto", backend: str | None = None) -> _Numpy | _Torch
         if not torch.cuda.is_available():
             raise VerifyError("--device", f"{device}: torch {torch.__version__} sees no CUDA device")
         return _Torch(device)
-    if torch is None:
-        return _Numpy()
-    return _Torch("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    if torch is not None and (backend == "torch" or (device == "auto" and torch.cuda.is_available())):
+        return _Torch("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    # on the CPU, numpy is the faster of the two (scripts/bench_verify.py: fewer, larger vectorised steps than torch
+    # can take without its intra-op threads); torch on the CPU only where numpy is missing or when asked for
+    try:
+        engine = _Numpy()
+    except VerifyError:
+        if torch is None:
+            raise
+        return _Torch("cpu")
+    engine.torch_missing = torch is None and backend is None
+    return engine
 
 
 # --------------------------------------------------------------------------------------------------------------------

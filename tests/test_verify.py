@@ -477,3 +477,13 @@ def test_short_file_is_a_one_line_not_verified_finding(ckpts, tmp_path):
     assert f.kind == "not-verified"
     assert "file ended after" in f.message and "\n" not in f.message
     assert out.verification.embedding_vs_head.skipped
+
+
+def test_cpu_default_is_numpy_torch_on_request():
+    """On the CPU numpy is the default (the faster path, see docs/verify.md); torch computes there only when asked."""
+    e = resolve("cpu")
+    assert (e.name, e.device, e.torch_missing) == ("numpy", "cpu", False)  # torch is installed here: nothing to say
+    t = resolve("cpu", "torch")
+    assert (t.name, t.device) == ("torch", "cpu")
+    if not torch.cuda.is_available():
+        assert resolve("auto").name == "numpy"
