@@ -517,19 +517,31 @@ def compare(
     if remote:
         piece_cap = min(READ_CHUNK, max(MIN_PIECE, block_bytes // (8 * threads)))
     inflight = 3 * threads * piece_cap if remote else 0
-    per_row = cols * (ia + ib * (2 if transposed else 1))
     per_elem = compute_threads * engine.work_bytes // engine.chunk  # work bytes per element of a chunk, all threads
     room = block_bytes - inflight
-    step = (room - engine.chunk * per_elem) // max(1, per_row)
-    if step * cols < engine.chunk:  # a small budget: chunks as long as a block, work arrays to match
-        step = room // max(1, per_row + cols * per_elem)
-    step = min(max(1, step), rows)
+
+    def rows_per_block(sets: int) -> int:
+        per_row = sets * cols * (ia + ib * (2 if transposed else 1))
+        step = (room - engine.chunk * per_elem) // max(1, per_row)
+        if step * cols < engine.chunk:  # a small budget: chunks as long as a block, work arrays to match
+            step = room // max(1, per_row + cols * per_elem)
+        return min(max(1, step), rows)
+
+    # with threads and more than one block, two buffer sets (each half the room): the next block is read while this
+    # one is reduced
+    step = rows_per_block(1)
+    sets = 2 if threads > 1 and step < rows else 1
+    if sets == 2:
+        step = rows_per_block(2)
     chunk = min(engine.chunk, step * cols)
-    buf_a = engine.host_buffer(step * cols * ia)
-    buf_b = engine.host_buffer(step * cols * ib) if tb else None
-    buf_t = engine.host_buffer(step * cols * ib) if transposed else None
+    buffers = [
+        (engine.host_buffer(step * cols * ia), engine.host_buffer(step * cols * ib) if tb else None,
+         engine.host_buffer(step * cols * ib) if transposed else None)
+        for _ in range(sets)
+    ]
     works = [engine.work(chunk) for _ in range(compute_threads)]
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    prefetch = ThreadPoolExecutor(1) if sets == 2 else None
     run = pool.map if pool is not None else map
     if progress is not None:
         progress.start(ta.nbytes + (tb.nbytes if tb else 0), " vs ".join(names))
@@ -568,24 +580,37 @@ def compare(
     sa, sb = _Moments(), _Moments()
     cxy, maxdiff = 0.0, 0.0
     check_same = tb is not None and ta.dtype == tb.dtype
-    raw_a = raw_b = None
+    def load(i: int, bufs: tuple) -> tuple[int, memoryview, memoryview | None]:
+        """Rows i.. of a block into one buffer set: (elements, raw bytes of a, of b in a's order or None)."""
+        buf_a, buf_b, buf_t = bufs
+        j = min(rows, i + step)
+        n_block = (j - i) * cols
+        raw_a = buf_a[: n_block * ia]
+        jobs = [(a.source, a.offset + i * cols * ia, n_block * ia, raw_a)]
+        raw_b = None
+        if tb is not None and not transposed:
+            raw_b = buf_b[: n_block * ib]
+            jobs.append((b.source, b.offset + i * cols * ib, n_block * ib, raw_b))
+        elif transposed:  # head [cols, rows]: columns i..j of each of its rows, then put in the embedding's order
+            width = (j - i) * ib
+            jobs += [(b.source, b.offset + (r * rows + i) * ib, width, buf_b[r * width : (r + 1) * width]) for r in range(cols)]
+        read(jobs)
+        if transposed:
+            engine.transpose_bytes(buf_b[: n_block * ib], buf_t, j - i, cols, ib)
+            raw_b = buf_t[: n_block * ib]
+        return n_block, raw_a, raw_b
+
+    raw_a = raw_b = pending = None
+    starts = range(0, rows, step)
     try:
-        for i in range(0, rows, step):
-            j = min(rows, i + step)
-            n_block = (j - i) * cols
-            raw_a = buf_a[: n_block * ia]
-            jobs = [(a.source, a.offset + i * cols * ia, n_block * ia, raw_a)]
-            raw_b = None
-            if tb is not None and not transposed:
-                raw_b = buf_b[: n_block * ib]
-                jobs.append((b.source, b.offset + i * cols * ib, n_block * ib, raw_b))
-            elif transposed:  # head [cols, rows]: columns i..j of each of its rows, then put in the embedding's order
-                width = (j - i) * ib
-                jobs += [(b.source, b.offset + (r * rows + i) * ib, width, buf_b[r * width : (r + 1) * width]) for r in range(cols)]
-            read(jobs)
-            if transposed:
-                engine.transpose_bytes(buf_b[: n_block * ib], buf_t, j - i, cols, ib)
-                raw_b = buf_t[: n_block * ib]
+        if prefetch is not None:
+            pending = prefetch.submit(load, 0, buffers[0])
+        for k, i in enumerate(starts):
+            if prefetch is None:
+                n_block, raw_a, raw_b = load(i, buffers[0])
+            else:
+                n_block, raw_a, raw_b = pending.result()
+                pending = prefetch.submit(load, starts[k + 1], buffers[(k + 1) % 2]) if k + 1 < len(starts) else None
             parts = _split(n_block, compute_threads, min(chunk, n_block))
             for chunks, same in run(reduce_range, [(k, lo, hi, raw_a, raw_b) for k, (lo, hi) in enumerate(parts)]):
                 check_same = check_same and same
@@ -600,9 +625,11 @@ def compare(
                     cxy += sxy + (dx * dy * na * n / (na + n) if na else 0.0)
                     maxdiff = md if math.isnan(md) else max(maxdiff, md)
     finally:
+        if prefetch is not None:
+            prefetch.shutdown()  # a read still in flight (after an error) finishes before its buffer goes
         if pool is not None:
             pool.shutdown()
-        del buf_a, buf_b, buf_t, raw_a, raw_b
+        del buffers, raw_a, raw_b, pending
         engine.release()
         if progress is not None:
             progress.stop()
@@ -801,7 +828,7 @@ def verify_report(
                 if reason is not None:
                     cache[key] = ContentCheck(names=names, orientation="none", skipped=reason, device=engine.device, backend=engine.name)
                 else:
-                    n = workers if workers is not None else (1 if isinstance(la.source, LocalFile) else 4)
+                    n = workers if workers is not None else (None if isinstance(la.source, LocalFile) else 4)
                     cache[key] = compare(la, lb, engine=engine, block_bytes=block_bytes, workers=n, progress=progress)
             except CkptError as err:
                 cache[key] = ContentCheck(names=names, orientation="none", skipped=str(err), device=engine.device, backend=engine.name)
