@@ -52,6 +52,8 @@ DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024  # host memory of one comparison: raw blo
 READ_CHUNK = 8 * 1024 * 1024  # one read request at most this long (parallel requests for remote sources)
 MIN_PIECE = 256 * 1024  # remote pieces shrink with the budget (bodies in flight count against it), down to this
 CHUNK = 1 << 16  # elements per CPU reduction step: float64 work arrays of 1.75 MiB per thread, cache-resident
+COMPUTE_THREADS = 1  # threads reducing chunks: 2 were slower than 1 on a 2-CPU machine (~40 short numpy calls per chunk
+# hand the GIL back and forth) for 1.7x the CPU time; the other threads read (one long preadv each, GIL released)
 TORCH_CHUNK = 1 << 15  # torch's at::internal::GRAIN_SIZE: ops on at most this many elements stay on the calling thread
 DOT = 8192  # elements per BLAS dot: OpenBLAS splits a ddot over 10,000 elements across threads, 4-20x slower when busy
 NEAR_COPY_R = 0.99
@@ -512,7 +514,7 @@ def compare(
     # the memory budget: per-thread work arrays, remote bodies in flight (a piece, its copy while it is joined, and
     # allocator slack), then whole rows of raw bytes of both tensors (twice the head's when it is re-ordered) for the
     # rest
-    compute_threads = 1 if engine.cuda else min(threads, _default_threads())  # more threads only for I/O
+    compute_threads = 1 if engine.cuda else max(1, min(threads, COMPUTE_THREADS))
     piece_cap = READ_CHUNK
     if remote:
         piece_cap = min(READ_CHUNK, max(MIN_PIECE, block_bytes // (8 * threads)))

@@ -407,6 +407,7 @@ def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, b
     monkeypatch.setattr(verify, "CHUNK", 1000)
     monkeypatch.setattr(verify, "TORCH_CHUNK", 700)
     monkeypatch.setattr(verify, "DOT", 128)
+    monkeypatch.setattr(verify, "COMPUTE_THREADS", 3)  # the chunk ranges of a block split over threads, merged in order
     folder, emb, head = offset_pair
     loc, opener = _locate_all(folder)
     engine = resolve("cpu", backend)
