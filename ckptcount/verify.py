@@ -2,8 +2,9 @@
 
 Everything before this module reads headers only. Here, on request (``--verify-ties``), the byte spans of the tensors
 involved are read through the same :class:`ByteSource` interface (a local file or an HTTP range reader: only
-``source.read(offset, length)`` is used), in row blocks, and reduced to running float64 moments merged with Chan's
-parallel formulas, so peak memory is one block whatever the vocabulary size. For each pair:
+``source.read(offset, length)`` is used; a local file is read with ``os.preadv`` straight into the block), in row
+blocks, and reduced chunk by chunk to float64 moments merged with Chan's parallel formulas, so host memory stays within
+one budget (``block_bytes``) whatever the vocabulary size. For each pair:
 
 * Pearson r and the largest absolute difference, in the head's orientation: a head stored ``[d, V]`` (GPT-2 Conv1D
   style, or any transposed export) is compared element for element with the ``[V, d]`` embedding it would equal;
@@ -13,8 +14,9 @@ parallel formulas, so peak memory is one block whatever the vocabulary size. For
 A head that is not stored but tied by the config is one matrix: the tie is structural (r = 1 by construction) and only
 the stored tensor's statistics are computed.
 
-Backends: torch (on ``cuda`` when available, pinned host blocks copied to the GPU, else ``cpu``) or, without torch,
-numpy on the CPU. Both decode F32, F16, BF16, F64 and the five F8 variants and give the same numbers (to ~1e-12).
+Backends: torch on ``cuda`` when available (blocks read into pinned host memory, copied to the GPU), else numpy on
+the CPU (faster there than torch's CPU ops; torch on the CPU with ``backend="torch"``). Both decode F32, F16, BF16, F64
+and the five F8 variants and give the same numbers (to ~1e-12). docs/verify.md says how the CPU path is made fast.
 torch and numpy are imported inside functions only: the counting path never imports them.
 """
 
