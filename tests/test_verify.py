@@ -488,3 +488,16 @@ def test_cpu_default_is_numpy_torch_on_request():
     assert (t.name, t.device) == ("torch", "cpu")
     if not torch.cuda.is_available():
         assert resolve("auto").name == "numpy"
+
+
+def test_auto_without_a_gpu_does_not_import_torch():
+    """On Linux with no GPU device nodes, ``auto`` computes with numpy and never imports torch (2-3 s, ~250 MB)."""
+    import subprocess
+
+    from ckptcount.verify import _gpu_possible
+
+    if _gpu_possible():
+        pytest.skip("a GPU may be present: auto imports torch to ask")
+    code = "import sys; from ckptcount.verify import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["numpy", "False", "False"]  # torch is installed here (not missing), and was not imported
