@@ -469,8 +469,8 @@ def _read_into(source: ByteSource, offset: int, view: memoryview) -> int:
             source.reads += 1
     else:
         data = source.read(offset, n)
-        got = len(data)
-        view[: min(got, n)] = data[:n]
+        got = min(len(data), n)
+        view[:got] = data[:got]
         del data
     if got != n:
         raise ReadError(source.name, f"file ended after {got} of {n} bytes at offset {offset}")
@@ -509,8 +509,9 @@ def compare(
     Streams row blocks of ``a`` with the matching rows of ``b`` (the matching column tile, read row by row, when ``b``
     is stored transposed). ``block_bytes`` bounds the host memory of the whole computation: the raw bytes of one block
     of both tensors (read in place, in parallel pieces), the per-thread float64 work arrays, and for remote sources the
-    response bodies in flight. ``workers`` threads (default: up to 4, one per CPU) read pieces and reduce chunks; the
-    numbers do not depend on it beyond float64 rounding (chunk moments are merged in a fixed order).
+    response bodies in flight. ``workers`` threads (default: up to 4, one per CPU) read pieces in parallel and, with
+    more than one, read the next block while this one is reduced (on COMPUTE_THREADS threads). The numbers do not depend
+    on threads or prefetching: chunk moments are merged in a fixed order; the block size changes only float64 rounding.
     """
     ta, tb = a.tensor, b.tensor if b else None
     names = (ta.name,) + ((tb.name,) if tb else ())
