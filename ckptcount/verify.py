@@ -510,8 +510,8 @@ def compare(
     is stored transposed). ``block_bytes`` bounds the host memory of the whole computation: the raw bytes of one block
     of both tensors (read in place, in parallel pieces), the per-thread float64 work arrays, and for remote sources the
     response bodies in flight. ``workers`` threads (default: up to 4, one per CPU) read pieces in parallel and, with
-    more than one, read the next block while this one is reduced (on COMPUTE_THREADS threads). The numbers do not depend
-    on threads or prefetching: chunk moments are merged in a fixed order; the block size changes only float64 rounding.
+    more than one, read the next block while this one is reduced (on COMPUTE_THREADS threads). Chunk moments are merged
+    in a fixed order, so the numbers depend only on the block size (two buffer sets halve it), by float64 rounding.
     """
     ta, tb = a.tensor, b.tensor if b else None
     names = (ta.name,) + ((tb.name,) if tb else ())
