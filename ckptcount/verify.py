@@ -441,6 +441,7 @@ class Located:
 
 
 _count_lock = threading.Lock()
+_PREADV = hasattr(os, "preadv")
 
 
 def _read_into(source: ByteSource, offset: int, view: memoryview) -> int:
@@ -456,7 +457,12 @@ def _read_into(source: ByteSource, offset: int, view: memoryview) -> int:
             fd = os.open(source.path, os.O_RDONLY)
             try:
                 while got < n:
-                    k = os.preadv(fd, [view[got:]], offset + got)
+                    if _PREADV:
+                        k = os.preadv(fd, [view[got:]], offset + got)
+                    else:  # no preadv (some platforms): a temporary bytes, copied in
+                        data = os.pread(fd, min(n - got, READ_CHUNK), offset + got)
+                        k = len(data)
+                        view[got : got + k] = data
                     if k == 0:
                         break
                     got += k

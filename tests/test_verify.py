@@ -427,6 +427,22 @@ def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, b
     assert s.stats["lm_head.weight"]["std"] == pytest.approx(h.std(), rel=1e-9)
 
 
+def test_reads_without_preadv_are_the_same(offset_pair, monkeypatch):
+    """Where os.preadv is missing, os.pread fills the block instead: same bytes, same counts, same numbers."""
+    import ckptcount.verify as verify
+
+    folder, emb, _ = offset_pair
+    got = []
+    for preadv in (True, False):
+        monkeypatch.setattr(verify, "_PREADV", preadv)
+        monkeypatch.setattr(verify, "READ_CHUNK", 1000)  # several pread calls per piece
+        loc, opener = _locate_all(folder)
+        c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=resolve("cpu", "numpy"), block_bytes=50_000)
+        assert c.bytes_read == 2 * emb.nbytes == sum(f.bytes_read for f in opener.opened.values())
+        got.append((c.pearson_r, c.max_abs_diff, c.identical))
+    assert got[0] == got[1]
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_identical_copy_across_chunks_and_threads(offset_pair, monkeypatch, tmp_path, backend):
     import ckptcount.verify as verify
