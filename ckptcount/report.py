@@ -214,19 +214,24 @@ def _grid(results: list[Report | CkptError], layers: bool) -> tuple[list[str], l
     return labels, order, columns
 
 
+CELL_WIDTH = 48  # a value column's widest line; longer cells (several tie names) fold onto more lines
+
+
 def to_table(results: list[Report | CkptError], *, layers: bool = False, color: bool = False, width: int | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     labels, order, columns = _grid(results, layers)
-    console = Console(width=width or 200, color_system="standard" if color else None, record=False, force_terminal=color, file=_Sink())
+    # Piped output is never squeezed to a terminal's width: labels stay on one line, long cells (tie names) fold
+    # within their column, and the table is as wide as it needs.
+    console = Console(width=width or 10_000, color_system="standard" if color else None, record=False, force_terminal=color, file=_Sink())
     lines: list[str] = []
     if labels:
-        table = Table(show_header=True, header_style="bold" if color else None, box=None if not color else None)
-        table.add_column("")
+        table = Table(show_header=True, header_style="bold" if color else None, box=None)
+        table.add_column("", no_wrap=width is None)
         for label in labels:
-            table.add_column(Text(label), justify="right")
+            table.add_column(Text(label), justify="right", max_width=CELL_WIDTH, overflow="fold")
         for key in order:
             table.add_row(Text(key), *(Text(col.get(key, "")) for col in columns))
         with console.capture() as cap:
