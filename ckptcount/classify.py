@@ -85,17 +85,6 @@ def layer_of(name: str) -> str | None:
     return f"{stack.group(1)}.{m.group(1)}" if stack else m.group(1)
 
 
-def buffer_reason(t: TensorRecord) -> str | None:
-    """Why ``t`` is not a trainable parameter, or None when it is one."""
-    if t.dtype in NON_FLOAT_DTYPES:
-        return f"{t.dtype} tensor (integer/bool tensors are never parameters)"
-    reason = _buffer_name(_DIGITS.sub("0", t.name))
-    # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
-    if reason == "causal mask" and len(t.shape) == 1 and not t.name.endswith("masked_bias"):
-        return None
-    return reason
-
-
 _DIGITS = re.compile(r"(?<![^.])\d+(?![^.])")  # whole numeric path components: h.11 -> h.0, not fc1
 
 
