@@ -28,7 +28,6 @@ from .count import counted_names
 PER_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 FUSED = re.compile(r"(?:^|\.)experts\.(?!\d+\.)[A-Za-z_]")
 GGUF_EXPERTS = re.compile(r"(?:^|\.)ffn_[a-z_]+_exps(?:\.|$)")
-LAYER = re.compile(r"(?:^|\.)(?:layers|h|blk|blocks|layer)\.(\d+)\.")
 
 E_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_experts_per_token")
@@ -77,8 +76,7 @@ def summarize(checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: 
         if kind is None:
             continue
         kinds.add(kind)
-        m = LAYER.search(t.name)
-        layer = m.group(1) if m else "-"
+        layer = c.layer or "-"  # classify already read the layer (with its encoder/decoder stack)
         per_layer[layer] = per_layer.get(layer, 0) + t.numel
         if kind == "per-expert":
             indices.setdefault(layer, set()).add(int(PER_EXPERT.search(t.name).group(1)))
