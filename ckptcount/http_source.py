@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from .errors import CkptError, ReadError, TargetNotFound
+from .safetensors_header import MAX_HEADER_BYTES
 
 FIRST_BLOCK = 100_000  # bytes asked for by the first read of a file; huggingface_hub asks for 100,001
 MAX_TRIES = 5  # attempts per request (so 4 retries)
@@ -347,14 +348,9 @@ class HttpFile:
                 return seg[0], seg[1]
         return None
 
-    def read(self, offset: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
-        end = offset + length
-        if self._size is not None:
-            end = min(end, self._size)
-        if end <= offset:
-            return b""
+    def _ensure(self, offset: int, end: int) -> None:
+        """Have bytes [offset, end) in a segment (as many as the file holds), fetching only what is missing: the first
+        fetch of a file is the speculative block, a later one exactly the rest (never a second speculative block)."""
         if not self.segments and not self.missing:
             self._fetch(offset, max(end, offset + self.first_block))
         have = self._have(offset)
@@ -363,13 +359,52 @@ class HttpFile:
         else:
             start, data = have
             if start + len(data) < end:
-                self._fetch(start + len(data), end)  # exactly the rest, never a second speculative block
+                self._fetch(start + len(data), end)
+
+    def _slice(self, offset: int, end: int) -> bytes:
         have = self._have(offset)
         if have is None:
-            out = b""
-        else:
-            start, data = have
-            out = bytes(data[offset - start : end - start])
+            return b""
+        start, data = have
+        with memoryview(data) as view:  # one copy out of the segment, not a bytearray slice and then bytes()
+            return view[offset - start : end - start].tobytes()
+
+    def prefetch_header(self) -> None:
+        """Network only, for a safetensors file: the first block, then the rest of the header its 8-byte length
+        announces, so that the reader later parses without a request. Shard headers are fetched this way by many
+        threads while one thread parses (:func:`ckptcount.hub._read_all`): parsing is CPU, and a thread that parses
+        between two requests holds the GIL that the others need to receive theirs. A length over the cap or past the
+        end of the file is not fetched: the reader rejects it with its own message. Nothing is recorded as served."""
+        size = self._size
+        self._ensure(0, 8 if size is None else min(8, size))
+        head = self._slice(0, 8)
+        if len(head) < 8:
+            return
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES:
+            return
+        end = 8 + n if self._size is None else min(8 + n, self._size)
+        if end > 8:
+            self._ensure(8, end)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        end = offset + length
+        if self._size is not None:
+            end = min(end, self._size)
+        if end <= offset:
+            return b""
+        self._ensure(offset, end)
+        out = self._slice(offset, end)
         if out:
             self.served.append((offset, len(out)))
         return out
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """A read-only view of bytes already received (for the header cache: no copy)."""
+        have = self._have(offset)
+        if have is None or offset + length > have[0] + len(have[1]):
+            raise ValueError(f"{self.name}: bytes {offset}-{offset + length} were not received")
+        start, data = have
+        return memoryview(data).toreadonly()[offset - start : offset - start + length]

@@ -349,7 +349,7 @@ class _Hub:
             listing=files,
             config=config_raw,
             index=index_raw,
-            files={n: {"size": s.size(), "segments": cache.merge_segments([(o, _slice(s, o, ln)) for o, ln in s.served])} for n, s in sources.items()},
+            files={n: {"size": s.size(), "segments": [(o, s.view(o, ln)) for o, ln in cache.merge_ranges(s.served)]} for n, s in sources.items()},
         )
         cache.save_ref(t.endpoint, t.repo, self.rev, sha)
         return ck
@@ -436,14 +436,6 @@ class _Stale:
 _STALE = _Stale()
 
 
-def _slice(src, offset: int, length: int) -> bytes:
-    for seg in src.segments:
-        start, data = seg[0], seg[1]
-        if start <= offset and offset + length <= start + len(data):
-            return bytes(data[offset - start : offset - start + length])
-    raise AssertionError("served bytes must be in a segment")
-
-
 PROGRESS_MIN_FILES = 8  # fewer shards finish before a bar would be worth drawing
 
 
@@ -453,8 +445,16 @@ def show_progress(files: int) -> bool:
 
 
 def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
-    """Read every shard header in parallel (MAX_WORKERS at a time). ``progress_stream``: where a bar is drawn (stderr
-    when :func:`show_progress` says so); stdout is never touched."""
+    """Read every shard header, fetching MAX_WORKERS at a time. ``progress_stream``: where a bar is drawn (stderr when
+    :func:`show_progress` says so); stdout is never touched.
+
+    The worker threads only fetch: a safetensors shard on the network (a source with ``prefetch_header``) has its
+    whole header fetched by a worker and is parsed here, in this one thread, as each fetch completes; other formats and
+    other sources are read by their reader in the worker. Parsing in the workers made them alternate between a request
+    and a parse, holding the GIL the others needed to receive their replies: 16 parsing threads turned the requests
+    into lockstep waves (wait, then all parse), and the 163-shard fetch took 1.5-1.9 s instead of ~0.7 s. Errors are
+    raised in the order of ``sources``, whatever order the files complete in, so the error reported is deterministic.
+    """
     if len(sources) <= 1:
         return {n: read_file(s, n, s.name) for n, s in sources.items()}
     if progress_stream is None and show_progress(len(sources)):
@@ -467,16 +467,36 @@ def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
         bar = Progress(console=Console(file=progress_stream, force_terminal=True), transient=True)
         task = bar.add_task("shard headers", total=len(sources))
         bar.start()
+    reads: dict[str, FileRead] = {}
+    errors: dict[str, BaseException] = {}
     try:
         with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
-            futures = {n: pool.submit(read_file, s, n, s.name) for n, s in sources.items()}
-            if bar is not None:
-                for f in as_completed(futures.values()):
+            futures = {pool.submit(_fetch_or_read, n, s): n for n, s in sources.items()}
+            for fut in as_completed(futures):
+                n = futures[fut]
+                try:
+                    got = fut.result()
+                    reads[n] = got if got is not None else read_file(sources[n], n, sources[n].name)
+                except Exception as e:  # noqa: BLE001  (re-raised below, in the order of sources)
+                    errors[n] = e
+                if bar is not None:
                     bar.advance(task)
-            return {n: futures[n].result() for n in sources}
     finally:
         if bar is not None:
             bar.stop()
+    for n in sources:
+        if n in errors:
+            raise errors[n]
+    return {n: reads[n] for n in sources}
+
+
+def _fetch_or_read(name: str, source) -> FileRead | None:
+    """In a worker: fetch a network safetensors header (None: parse it in the calling thread), or read any other file."""
+    prefetch = getattr(source, "prefetch_header", None)
+    if prefetch is not None and (format_of(name) or "safetensors") == "safetensors":
+        prefetch()
+        return None
+    return read_file(source, name, source.name)
 
 
 def load_hub(target: str, revision: str | None = None, token: str | None = None) -> Checkpoint:
