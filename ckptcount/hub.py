@@ -21,11 +21,13 @@ commit sha none, and with ``HF_HUB_OFFLINE=1`` none.
 
 from __future__ import annotations
 
+import gc
 import os
 import posixpath
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from urllib.parse import quote, unquote, urlparse
@@ -454,9 +456,14 @@ def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
     and a parse, holding the GIL the others needed to receive their replies: 16 parsing threads turned the requests
     into lockstep waves (wait, then all parse), and the 163-shard fetch took 1.5-1.9 s instead of ~0.7 s. Errors are
     raised in the order of ``sources``, whatever order the files complete in, so the error reported is deterministic.
+
+    The cyclic garbage collector is paused while the headers are fetched and parsed (and restored after): the parse
+    allocates ~10 container objects per tensor and none of them form cycles, yet every 700 allocations start a
+    collection that walks the growing heap; for 90k tensors that was 0.3 of 1.0 s of parse CPU here.
     """
     if len(sources) <= 1:
-        return {n: read_file(s, n, s.name) for n, s in sources.items()}
+        with _gc_paused():
+            return {n: read_file(s, n, s.name) for n, s in sources.items()}
     if progress_stream is None and show_progress(len(sources)):
         progress_stream = sys.stderr
     bar = None
@@ -470,7 +477,7 @@ def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
     reads: dict[str, FileRead] = {}
     errors: dict[str, BaseException] = {}
     try:
-        with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
+        with _gc_paused(), ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(sources))) as pool:
             futures = {pool.submit(_fetch_or_read, n, s): n for n, s in sources.items()}
             for fut in as_completed(futures):
                 n = futures[fut]
@@ -488,6 +495,19 @@ def _read_all(sources: dict, progress_stream=None) -> dict[str, FileRead]:
         if n in errors:
             raise errors[n]
     return {n: reads[n] for n in sources}
+
+
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector while headers are parsed (see :func:`_read_all`); restored after, also on
+    an error. Concurrent audits (``--jobs``) may nest this: the collector ends enabled if it was enabled before."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _fetch_or_read(name: str, source) -> FileRead | None:
