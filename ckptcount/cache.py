@@ -15,10 +15,8 @@ refetched online). Replaying an entry feeds the same bytes to the same readers, 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -46,11 +44,15 @@ def _repo_dir(endpoint: str, repo: str) -> Path:
 def _entry_name(sha: str, sub: str) -> str:
     if not sub:
         return f"{sha}.json"
+    import hashlib
+
     return f"{sha}--{hashlib.sha256(sub.encode()).hexdigest()[:16]}.json"
 
 
 def _write_atomic(path: Path, data: bytes | list[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # not at start-up: an offline replay never writes
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:

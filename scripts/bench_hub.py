@@ -95,20 +95,29 @@ def run(server: HubServer, argv: list[str], env: dict) -> dict:
     return {"requests": len(server.log), "round_trips": server.round_trips(), "bytes": sum(r.sent for r in server.log), "wall": wall, "stdout": p.stdout}
 
 
+def precompile() -> None:
+    """Write ckptcount's bytecode (__pycache__, git-ignored) before timing, as ``pip install`` does for an installed
+    package: with PYTHONDONTWRITEBYTECODE=1 in the environment (as on the shared machine) every run would otherwise
+    recompile ckptcount's sources (~60-90 ms of each start), while huggingface_hub's bytecode comes with its wheel."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ckptcount")], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latency", type=float, default=0.05, help="seconds added to every request (default 0.05)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ckptcount", default=None, help="the ckptcount executable to time (default: the one next to this python); for before/after runs")
     ap.add_argument("--hf-mem", default=None, help="path to an hf-mem executable (its own venv)")
     ap.add_argument("--telemetry", action="store_true", help="leave HF_HUB_DISABLE_TELEMETRY unset (adds huggingface_hub's daily /api/agent-harnesses fetch to every fresh HF_HOME)")
     args = ap.parse_args()
 
+    precompile()
     server = HubServer()
     server.add("openai-community/gpt2", load_dir(ROOT / "fixtures" / "gpt2"))
     server.add("bench/sharded-10", sharded_from(ROOT / "fixtures" / "gpt2-xl", 10))
     server.latency = args.latency
     py = sys.executable
-    ckpt = str(Path(py).parent / "ckptcount")
+    ckpt = args.ckptcount or str(Path(py).parent / "ckptcount")
     site = tempfile.mkdtemp()
     Path(site, "sitecustomize.py").write_text(SITECUSTOMIZE)
 

@@ -86,8 +86,11 @@ def run_once(argv: list[str], env: dict) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out.decode()
 
 
+CKPTCOUNT = str(Path(sys.executable).with_name("ckptcount"))  # --ckptcount replaces it (before/after runs)
+
+
 def local(paths: dict[str, Path], runs: int) -> list[dict]:
-    ckpt = str(Path(sys.executable).with_name("ckptcount"))
+    ckpt = CKPTCOUNT
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rows = []
     for name, path in paths.items():
@@ -114,7 +117,7 @@ def remote(paths: dict[str, Path], runs: int, latency: float, redirect: bool) ->
         server.stdin.flush()
         return server.stdout.readline().strip()
 
-    ckpt = str(Path(sys.executable).with_name("ckptcount"))
+    ckpt = CKPTCOUNT
     rows = []
     try:
         for name in paths:
@@ -145,13 +148,24 @@ def remote(paths: dict[str, Path], runs: int, latency: float, redirect: bool) ->
     return rows
 
 
+def precompile() -> None:
+    """Write ckptcount's bytecode (__pycache__, git-ignored) before timing, as ``pip install`` does for an installed
+    package: with PYTHONDONTWRITEBYTECODE=1 in the environment (as on the shared machine) every run would otherwise
+    recompile ckptcount's sources (~60-90 ms of each start), while huggingface_hub's bytecode comes with its wheel."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "ckptcount")], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--ckptcount", default=None, help="the ckptcount executable to time (default: the one next to this python)")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--only", choices=["local", "remote"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ckptcount-scale")
     args = parser.parse_args()
+    global CKPTCOUNT
+    CKPTCOUNT = args.ckptcount or CKPTCOUNT
+    precompile()
     paths = fixtures(args.work)
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} CPUs")
     result: dict = {}
