@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import moe, quant
-from .classify import classify
-from .count import count
 from .errors import CkptError, TargetNotFound
+from .gcpause import gc_paused
 from .local import load_local
 from .records import Checkpoint, Report
-from .tying import find_ties
 
 
 def analyse(checkpoint: Checkpoint) -> Report:
@@ -20,6 +17,12 @@ def analyse(checkpoint: Checkpoint) -> Report:
     classified apart (``quant``); mixture-of-experts models get total vs active parameters (``moe``). Both are no-ops
     for dense unquantized models.
     """
+    # imported here, not at start-up: a Hub audit imports them while its first requests are in flight (hub._warm_up)
+    from . import moe, quant
+    from .classify import classify
+    from .count import count
+    from .tying import find_ties
+
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
@@ -85,8 +88,9 @@ def audit(
     Hub targets, and any target when ``dtype``/``max_size``/``fits`` is given, also get a preflight (download bytes,
     memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.preflight`).
     """
-    checkpoint = load(target, revision=revision, token=token)
-    report = analyse(checkpoint)
+    with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.gcpause
+        checkpoint = load(target, revision=revision, token=token)
+        report = analyse(checkpoint)
     if checkpoint.origin or dtype or max_size is not None or fits is not None:
         from .preflight import preflight
 
