@@ -92,7 +92,8 @@ def run(server: HubServer, argv: list[str], env: dict) -> dict:
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
-    return {"requests": len(server.log), "round_trips": server.round_trips(), "bytes": sum(r.sent for r in server.log), "wall": wall, "stdout": p.stdout}
+    log = server.settled()
+    return {"requests": len(log), "round_trips": server.round_trips(), "bytes": sum(r.sent for r in log), "wall": wall, "stdout": p.stdout}
 
 
 def precompile() -> None:

@@ -47,7 +47,7 @@ for line in sys.stdin:
         server.reset_log()
         print("ok", flush=True)
     elif cmd == "count":
-        log = list(server.log)
+        log = server.settled()
         print(json.dumps({{"requests": len(log), "cdn": sum(r.host == "cdn" for r in log), "round_trips": server.round_trips(),
                           "max_in_flight": max_in_flight(log)}}), flush=True)
 server.close()

@@ -101,6 +101,8 @@ class HubServer:
         self.latency = 0.0
         self.redirect_lfs = True
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0  # handlers still running: a request is logged only when its handler ends
         self.hub = _Server(self, "hub")
         self.cdn = _Server(self, "cdn")
         self.url = self.hub.url
@@ -127,12 +129,19 @@ class HubServer:
         self.cdn.close()
 
     # -- measurements
+    def settled(self, timeout: float = 5.0) -> list[Logged]:
+        """The log once every handler has finished: the client can have its whole answer before the server thread
+        that sent it has logged it (bounded wait, so a stalled-body fault cannot hang a test)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout)
+            return list(self.log)
+
     def requests(self, host: str | None = None, path: str | None = None) -> list[Logged]:
-        return [r for r in self.log if (host is None or r.host == host) and (path is None or re.search(path, r.path))]
+        return [r for r in self.settled() if (host is None or r.host == host) and (path is None or re.search(path, r.path))]
 
     def round_trips(self) -> int:
         """The longest chain of requests each started after the previous one ended: sequential round trips."""
-        reqs = sorted(self.log, key=lambda r: r.start)
+        reqs = sorted(self.settled(), key=lambda r: r.start)
         depth: list[int] = []
         for i, r in enumerate(reqs):
             before = [depth[j] for j in range(i) if reqs[j].end <= r.start]
@@ -198,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing
     def _handle(self, method: str) -> None:
         start = time.monotonic()
+        with self.owner._lock:
+            self.owner._inflight += 1
         self._status, self._sent = 0, 0
         path = urlparse(self.path).path
         try:
@@ -220,6 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.owner.log.append(
                     Logged(self.host_kind, method, path, self.headers.get("Range"), "Authorization" in self.headers, self._status, start, time.monotonic(), self._sent)
                 )
+                self.owner._inflight -= 1
+                self.owner._idle.notify_all()
 
     def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "text/plain", head: bool = False) -> None:
         self._status = status

@@ -91,7 +91,7 @@ def test_gpt2_family_same_report_as_local_path(hub):
         assert _comparable(report) == _comparable(audit(str(FIXTURES / name)))
         assert report.checkpoint.origin["sha"] == hub.repos[f"openai-community/{name}"].sha
     # Per repo: listing + config + model.safetensors probe (302 -> CDN 206) + index probe (404): 5 requests.
-    assert len(hub.log) == 5 * len(GPT2)
+    assert len(hub.settled()) == 5 * len(GPT2)
     assert len(hub.requests("cdn")) == len(GPT2)
     assert all(r.status == 206 and r.range == f"bytes=0-{FIRST_BLOCK - 1}" for r in hub.requests("cdn"))
 
@@ -100,7 +100,7 @@ def test_single_file_round_trips_and_requests(hub):
     hub.latency = 0.05
     report = audit("openai-community/gpt2")
     assert report.counts.parameters == 124_439_808
-    paths = sorted((r.host, r.path, r.status) for r in hub.log)
+    paths = sorted((r.host, r.path, r.status) for r in hub.settled())
     assert paths == [
         ("cdn", f"/repos/openai-community/gpt2/{hub.repos['openai-community/gpt2'].sha}/model.safetensors", 206),
         ("hub", "/api/models/openai-community/gpt2/revision/main", 200),
@@ -335,18 +335,18 @@ def test_cache_second_audit_one_request_sha_none_offline_none(hub, monkeypatch, 
     sha = first.checkpoint.origin["sha"]
     hub.reset_log()
     again = audit("openai-community/gpt2-xl")
-    assert [r.path for r in hub.log] == ["/api/models/openai-community/gpt2-xl/revision/main"]
+    assert [r.path for r in hub.settled()] == ["/api/models/openai-community/gpt2-xl/revision/main"]
     assert again.checkpoint.origin["cached"] is True
     assert _comparable(again) == _comparable(first)
     hub.reset_log()
     assert audit("openai-community/gpt2-xl", revision=sha).counts.parameters == 1_557_611_200
-    assert hub.log == []
+    assert hub.settled() == []
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = audit("openai-community/gpt2-xl")
-    assert hub.log == [] and _comparable(offline) == _comparable(first)
+    assert hub.settled() == [] and _comparable(offline) == _comparable(first)
     r = CliRunner().invoke(main, ["openai-community/gpt2-large"])
     assert (r.exit_code, r.stderr) == (1, "Error: openai-community/gpt2-large: HF_HUB_OFFLINE is set and openai-community/gpt2-large@main has no cached headers; audit it once online\n")
-    assert hub.log == []
+    assert hub.settled() == []
     leftovers = [p for p in (tmp_path / "hf").rglob(".tmp-*")]
     assert leftovers == []
 
@@ -359,7 +359,7 @@ def test_cache_follows_a_moved_branch_and_survives_corruption(hub, tmp_path):
     repo.files, repo.sha = medium, "f" * 40  # main now points at a new commit
     hub.reset_log()
     assert audit("openai-community/gpt2").counts.parameters == 354_823_168
-    assert len(hub.log) > 1  # resolved, then fetched
+    assert len(hub.settled()) > 1  # resolved, then fetched
     for entry in (tmp_path / "hf" / "ckptcount").rglob("*.json"):
         entry.write_text("{not json")
     hub.reset_log()

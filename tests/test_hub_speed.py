@@ -85,8 +85,8 @@ def test_shard_headers_across_the_first_block_same_requests_and_counts(server):
             assert ranges == [f"bytes=0-{FIRST_BLOCK - 1}", f"bytes={FIRST_BLOCK}-{8 + n - 1}"], name
         assert len(server.requests("hub", name + "$")) == 1  # one redirect per shard, later reads go to the CDN
     # listing, config.json (404), the index, the single-file probe (404), then per shard its 302 and its CDN reads
-    assert len(server.log) == 4 + len(headers) + len(cdn)
-    assert report.checkpoint.origin["requests"] == len(server.log)
+    assert len(server.settled()) == 4 + len(headers) + len(cdn)
+    assert report.checkpoint.origin["requests"] == len(server.settled())
 
 
 def test_parsing_is_in_the_calling_thread_and_errors_come_in_source_order(server, tmp_path, monkeypatch):
