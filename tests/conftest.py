@@ -13,3 +13,35 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+class MemSource:
+    """An in-memory ByteSource (name, size(), read(offset, length)) for reader tests without files or network."""
+
+    def __init__(self, name: str, data: bytes):
+        self.name, self.data = name, data
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+@pytest.fixture
+def stand_in_hub(monkeypatch, tmp_path):
+    """The suite's real HTTP stand-in Hub (tests/hubserver.py) on 127.0.0.1, empty, with huggingface_hub pointed at it
+    through HF_ENDPOINT, a fresh HF_HOME, no token or offline mode from the environment, and short retry waits."""
+    from hubserver import HubServer
+
+    from ckptcount import http_source
+
+    server = HubServer()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
+    yield server
+    server.close()

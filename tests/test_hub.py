@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ckptcount import http_source
 from ckptcount.api import audit, audit_many
 from ckptcount.cli import main
 from ckptcount.errors import CkptError
 from ckptcount.http_source import FIRST_BLOCK
 from ckptcount.report import to_json
 
-from hubserver import HubServer, Virtual, load_dir
+from hubserver import Virtual, load_dir
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -32,18 +31,10 @@ GPT2 = {
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    server = HubServer()
+def hub(stand_in_hub):
     for name in GPT2:
-        server.add(f"openai-community/{name}", load_dir(FIXTURES / name))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
-    yield server
-    server.close()
+        stand_in_hub.add(f"openai-community/{name}", load_dir(FIXTURES / name))
+    return stand_in_hub
 
 
 def _comparable(report) -> dict:

@@ -6,18 +6,11 @@ import io
 import json
 import struct
 
+from conftest import MemSource
+
 from ckptcount import hub
 
 
-class Mem:
-    def __init__(self, name: str, data: bytes):
-        self.name, self.data = name, data
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
 
 
 def shard(i: int) -> bytes:
@@ -27,7 +20,7 @@ def shard(i: int) -> bytes:
 
 def sources(n: int) -> dict:
     names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    return {name: Mem(name, shard(i)) for i, name in enumerate(names)}
+    return {name: MemSource(name, shard(i)) for i, name in enumerate(names)}
 
 
 def test_bar_drawn_on_the_given_stream_and_results_unchanged(capsys):

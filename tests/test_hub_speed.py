@@ -22,20 +22,13 @@ from ckptcount.api import audit
 from ckptcount.errors import CkptError
 from ckptcount.http_source import FIRST_BLOCK
 
-from hubserver import HubServer, Virtual
+from conftest import MemSource
+from hubserver import Virtual
 
 
 @pytest.fixture
-def server(monkeypatch, tmp_path):
-    s = HubServer()
-    monkeypatch.setenv("HF_ENDPOINT", s.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
-    yield s
-    s.close()
+def server(stand_in_hub):
+    return stand_in_hub
 
 
 def shard(rows: int, cols: int, prefix: str, header_len: int | None = None) -> tuple[Virtual, int]:
@@ -120,17 +113,7 @@ def test_parsing_is_in_the_calling_thread_and_errors_come_in_source_order(server
     assert gc.isenabled()
 
 
-class Mem:
-    """A non-network source: read by its reader in a worker (nothing to prefetch)."""
-
-    def __init__(self, name: str, data: bytes):
-        self.name, self.data = name, data
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
+Mem = MemSource  # a non-network source: read by its reader in a worker (nothing to prefetch)
 
 
 def test_gc_is_restored_as_it_was(monkeypatch):

@@ -27,17 +27,10 @@ LISTING = r"^/api/models/org/m/"
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    server = HubServer()
-    server.add("org/m", load_dir(FIXTURES / "gpt2"))
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "CKPTCOUNT_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
+def hub(stand_in_hub, monkeypatch):
+    stand_in_hub.add("org/m", load_dir(FIXTURES / "gpt2"))
     monkeypatch.setattr(http_source, "TIMEOUT", 0.4)
-    yield server
-    server.close()
+    return stand_in_hub
 
 
 def _settled(hub: HubServer, host: str, match: str, stall: float = 0.0, wait: float = 3.0) -> int:

@@ -290,16 +290,7 @@ def test_cli_json(saved):
     ]
 
 
-HUBSERVER = Path(__file__).with_name("hubserver.py")
-
-
-@pytest.mark.skipif(not HUBSERVER.exists(), reason="tests/hubserver.py not present")
-def test_remote_bin_by_range_requests(tmp_path, monkeypatch, saved):
-    import sys
-
-    sys.path.insert(0, str(HUBSERVER.parent))
-    from hubserver import HubServer
-
+def test_remote_bin_by_range_requests(tmp_path, stand_in_hub, saved):
     model = MODELS["gpt2-tied"]()
     big = torch.nn.Linear(512, 1024)
     sd = dict(model.state_dict())
@@ -307,17 +298,11 @@ def test_remote_bin_by_range_requests(tmp_path, monkeypatch, saved):
     path = tmp_path / "pytorch_model.bin"
     torch.save(sd, path)
     raw = path.read_bytes()
-    server = HubServer()
-    try:
-        server.add("some-org/old-model", {"pytorch_model.bin": raw, "config.json": json.dumps(model.config.to_dict()).encode()})
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("CKPTCOUNT_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        report = audit("some-org/old-model")
-        gets = [r for r in server.requests(path=r"pytorch_model\.bin$") if r.method == "GET"]
-        sent = sum(r.sent for r in gets)
-    finally:
-        server.close()
+    server = stand_in_hub
+    server.add("some-org/old-model", {"pytorch_model.bin": raw, "config.json": json.dumps(model.config.to_dict()).encode()})
+    report = audit("some-org/old-model")
+    gets = [r for r in server.requests(path=r"pytorch_model\.bin$") if r.method == "GET"]
+    sent = sum(r.sent for r in gets)
     assert report.checkpoint.format == "pytorch"
     assert {t.name for t in report.checkpoint.tensors} == set(sd)
     assert report.counts.parameters == sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in big.parameters())

@@ -327,21 +327,8 @@ def test_cuda_matches_cpu(ckpts):
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from hubserver import HubServer
-
-    from ckptcount import http_source
-
-    server = HubServer()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
-    yield server
-    server.close()
+def hub(stand_in_hub):
+    return stand_in_hub
 
 
 def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
