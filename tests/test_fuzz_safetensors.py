@@ -17,22 +17,9 @@ from ckptcount.errors import CkptError
 from ckptcount.records import DTYPE_BITS
 from ckptcount.safetensors_header import parse_header, read_header
 
-from conftest import FIXTURES
+from conftest import FIXTURES, MemSource
 
 SEED = (FIXTURES / "gpt2" / "model.safetensors").read_bytes()[8:]
-
-
-class Bytes:
-    """An in-memory ByteSource."""
-
-    def __init__(self, data: bytes, name: str = "fuzz.safetensors"):
-        self.data, self.name = data, name
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
 
 
 def _parse(buf: bytes, size: int | None) -> None:
@@ -90,7 +77,7 @@ def test_structured_headers(header, size):
 @FUZZ
 @given(st.integers(0, 2**64 - 1), st.binary(max_size=64))
 def test_any_declared_length_reads_at_most_the_file(n, rest):
-    src = Bytes(struct.pack("<Q", n) + rest)
+    src = MemSource("fuzz.safetensors", struct.pack("<Q", n) + rest)
     try:
         read_header(src)
     except CkptError:
