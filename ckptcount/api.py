@@ -20,13 +20,14 @@ def analyse(checkpoint: Checkpoint) -> Report:
     # imported here, not at start-up: a Hub audit imports them while its first requests are in flight (hub._warm_up)
     from . import moe, quant
     from .classify import classify
+    from .config import model_type
     from .count import count
     from .tying import find_ties
 
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
-    classified = quant.mark_metadata(classify(prepared.tensors), prepared)
+    classified = quant.mark_metadata(classify(prepared.tensors, model_type(checkpoint.config)), prepared)
     ties = find_ties(checkpoint, classified)
     counts = count(classified, ties)
     return Report(

@@ -43,6 +43,8 @@ BUFFER_ROWS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?:^|\.)masked_bias$"), "causal mask"),  # gpt2, gpt-j, gpt-neox (scalar -1e4)
     (re.compile(r"(?:^|\.)(?:position_ids|token_type_ids)$"), "position/token-type ids"),  # bert, roberta, clip
     (re.compile(r"(?:^|\.)(?:inv_freq|cos_cached|sin_cached|_float_tensor)$"), "rotary/sinusoid cache"),  # llama<4.31, neox, fairseq
+    # MoE router score correction: nn.Buffer in deepseek-v3/v3.2/v4, glm4-moe, minimax-m2, dots1, longcat, kimi... (transformers 5)
+    (re.compile(r"(?:^|\.)e_score_correction_bias$"), "router score correction"),
     (re.compile(r"(?:^|\.)(?:running_mean|running_var|num_batches_tracked)$"), "batchnorm statistics"),  # resnet, convnext
 )
 
@@ -137,12 +139,19 @@ def _layer_at(shape_of_name: str) -> tuple[int, str | None] | None:
     return None
 
 
-def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Classified, ...]:
+# Model types in which a buffer row's tensor is a parameter after all (transformers 5 source, checked per model).
+PARAMETER_IN: dict[str, frozenset[str]] = {
+    "router score correction": frozenset({"ernie4_5_moe", "ernie4_5_vl_moe", "laguna"}),  # nn.Parameter there
+}
+
+
+def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord], model_type: str | None = None) -> tuple[Classified, ...]:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
     Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
     Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
-    numbers (layers, experts) share one table lookup.
+    numbers (layers, experts) share one table lookup. ``model_type`` (config.json) settles the few names that are a
+    buffer in most models and a parameter in some (``PARAMETER_IN``).
     """
     ranks: dict[str, int] = defaultdict(int)
     for t in tensors:
@@ -161,7 +170,11 @@ def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord]) -> tuple[Cl
             out.append(classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
             continue
         # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
-        if buffer_by_name is not None and not (buffer_by_name == "causal mask" and rank == 1 and not t.name.endswith("masked_bias")):
+        if (
+            buffer_by_name is not None
+            and not (buffer_by_name == "causal mask" and rank == 1 and not t.name.endswith("masked_bias"))
+            and model_type not in PARAMETER_IN.get(buffer_by_name, ())
+        ):
             out.append(classified(t, BUFFER, None, layer, buffer_by_name))
             continue
         kind = BIAS if rank == 1 and ends_bias else WEIGHT

@@ -52,3 +52,12 @@ def vocab_size(config: Mapping | None) -> int | None:
         if isinstance(v, int) and not isinstance(v, bool):
             return v
     return None
+
+
+def model_type(config: Mapping | None) -> str | None:
+    """``model_type`` of the config (the top level's; else its ``text_config``'s)."""
+    for cfg in (config or {}, (config or {}).get("text_config")):
+        v = cfg.get("model_type") if isinstance(cfg, Mapping) else None
+        if isinstance(v, str):
+            return v
+    return None

@@ -30,7 +30,7 @@ FUSED = re.compile(r"(?:^|\.)experts\.(?!\d+\.)[A-Za-z_]")
 GGUF_EXPERTS = re.compile(r"(?:^|\.)ffn_[a-z_]+_exps(?:\.|$)")
 
 E_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_experts_per_token")
+K_KEYS = ("num_experts_per_tok", "moe_top_k", "num_experts_per_token", "moe_k")  # moe_k: ernie 4.5
 
 
 def _config_value(config: Mapping | None, keys: tuple[str, ...]) -> tuple[int | None, str | None]:

@@ -79,7 +79,9 @@ def write_deepseek(out: Path) -> tuple[int, int]:
     (out / "model.safetensors.index.json").write_text(json.dumps(index))
     config = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": H,
               "num_hidden_layers": LAYERS, "n_routed_experts": EXPERTS, "num_experts_per_tok": 8,
-              "n_shared_experts": 1, "first_k_dense_replace": DENSE, "vocab_size": V, "tie_word_embeddings": False}
+              "n_shared_experts": 1, "first_k_dense_replace": DENSE, "vocab_size": V, "tie_word_embeddings": False,
+              "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                      "weight_block_size": [128, 128]}}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return SHARDS, len(tensors)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+transformers = T = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
 from ckptcount.api import audit  # noqa: E402
@@ -122,3 +122,32 @@ def test_dense_model_has_no_moe(fixtures_dir):
 )
 def test_expert_kind(name, kind):
     assert expert_kind(name) == kind
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: T.DeepseekV3ForCausalLM(T.DeepseekV3Config(
+            vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+            first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+            v_head_dim=8, n_group=1, topk_group=1)), id="deepseek-v3: e_score_correction_bias is a buffer"),
+        pytest.param(lambda: T.Ernie4_5_MoeForCausalLM(T.Ernie4_5_MoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, moe_num_experts=4, moe_k=2, moe_layer_start_index=1)),
+            id="ernie-4.5-moe: e_score_correction_bias is a parameter"),
+    ],
+)
+def test_router_score_correction_buffer_or_parameter(tmp_path, make):
+    """The same tensor name is an nn.Buffer in DeepSeek-V3 and an nn.Parameter in Ernie 4.5 MoE: model_type decides."""
+    torch.manual_seed(0)
+    model = make()
+    model.save_pretrained(tmp_path)
+    report = audit(str(tmp_path))
+    total = sum(p.numel() for p in model.parameters())
+    assert report.counts.parameters == total
+    buffers = {n for n, _ in model.named_buffers() if n.endswith("e_score_correction_bias")}
+    assert {n for b in report.counts.buffers for n in b.names if n.endswith("e_score_correction_bias")} == buffers
+    e, k = (model.config.n_routed_experts, model.config.num_experts_per_tok) if hasattr(model.config, "n_routed_experts") else (model.config.moe_num_experts, model.config.moe_k)
+    routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n and "shared" not in n)
+    assert report.moe["active"] == total - routed * (e - k) // e
