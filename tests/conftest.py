@@ -1,4 +1,6 @@
+import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,23 @@ def stand_in_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(http_source, "BASE_WAIT", 0.01)
     yield server
     server.close()
+
+
+def safetensors_head(tensors: dict, *, metadata: dict | None = None, header_len: int | None = None) -> tuple[bytes, int]:
+    """The 8-byte length + JSON header for zero-filled tensors {name: (dtype, shape)}, space-padded to exactly
+    ``header_len`` bytes when given; returns (head, data bytes the tensors span)."""
+    bits = {"F32": 32, "F16": 16, "BF16": 16, "I64": 64}
+    obj: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * bits[dtype] // 8
+        obj[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    if header_len is not None:
+        assert len(raw) <= header_len
+        raw += b" " * (header_len - len(raw))
+    return struct.pack("<Q", len(raw)) + raw, offset

@@ -5,7 +5,6 @@ checkpoints written here, from torch itself; never from ckptcount's own output."
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from ckptcount.errors import CkptError
 from ckptcount.http_source import FIRST_BLOCK
 from ckptcount.report import to_json
 
+from conftest import safetensors_head
 from hubserver import Virtual, load_dir
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -49,22 +49,8 @@ def _comparable(report) -> dict:
 
 def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], *, header_len: int | None = None, metadata: dict | None = None) -> tuple[bytes, int]:
     """A safetensors header for zero-filled tensors, space-padded to exactly ``header_len`` bytes; (head, file size)."""
-    bits = {"F32": 32, "F16": 16, "BF16": 16, "I64": 64}
-    obj, offset = {}, 0
-    if metadata:
-        obj["__metadata__"] = metadata
-    for name, (dtype, shape) in tensors.items():
-        n = 1
-        for d in shape:
-            n *= d
-        size = n * bits[dtype] // 8
-        obj[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(obj, separators=(",", ":")).encode()
-    if header_len is not None:
-        assert len(raw) <= header_len
-        raw += b" " * (header_len - len(raw))
-    return struct.pack("<Q", len(raw)) + raw, 8 + len(raw) + offset
+    head, data = safetensors_head(tensors, metadata=metadata, header_len=header_len)
+    return head, len(head) + data
 
 
 # -- the GPT-2 family: same report as local, exact counts, request plan ---------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import pytest
+
+from conftest import safetensors_head
 
 from ckptcount import audit
 from ckptcount.errors import CkptError, HeaderError, ShardIndexError, TargetNotFound, UnsafePath
@@ -17,17 +18,8 @@ from ckptcount.records import FileRecord, TensorRecord
 
 def st_file(tensors: dict[str, tuple[str, list[int]]], metadata=None) -> bytes:
     """A complete safetensors file (zero data) from {name: (dtype, shape)}."""
-    bits = {"F32": 32, "F16": 16, "I64": 64}
-    header, offset = ({"__metadata__": metadata} if metadata else {}), 0
-    for name, (dtype, shape) in tensors.items():
-        n = 1
-        for d in shape:
-            n *= d
-        size = n * bits[dtype] // 8
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+    head, data = safetensors_head(tensors, metadata=metadata)
+    return head + b"\0" * data
 
 
 def write_sharded(d, shards: dict[str, dict], weight_map: dict[str, str] | None = None, total_size=None):
