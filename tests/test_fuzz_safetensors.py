@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ckptcount.errors import CkptError
@@ -82,3 +82,89 @@ def test_any_declared_length_reads_at_most_the_file(n, rest):
         read_header(src)
     except CkptError:
         pass
+
+
+def _one_by_one(obj: dict) -> list:
+    """The reference: every entry through the rule-by-rule validator."""
+    from ckptcount.safetensors_header import _tensor
+
+    return [_tensor(name, info, "f.safetensors", "f.safetensors") for name, info in obj.items()]
+
+
+def _outcome(fn, obj):
+    try:
+        return [(t.name, t.dtype, t.shape, t.begin, t.end, t.numel) for t in fn(obj)]
+    except CkptError as e:
+        return str(e)
+
+
+near_valid = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(sorted(DTYPE_BITS)) | st.sampled_from(["F12", "", "f32"]) | json_values,
+        "shape": st.lists(st.sampled_from([0, 1, 2, 3, 2**33, 2**40, 2**64, -1, True, 1.5]) | st.integers(-1, 2**40), max_size=18)
+        | json_values,
+        "data_offsets": st.lists(st.integers(-1, 2**66), min_size=1, max_size=3) | json_values,
+    },
+    optional={"extra": json_values},
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=4), near_valid, max_size=4), st.data())
+@example({"a": {"dtype": "F32", "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}}, None)  # overflow before a 0
+def test_fast_path_accepts_and_rejects_exactly_what_the_rules_do(header, data):
+    from ckptcount.safetensors_header import _tensors
+
+    # make some entries exactly consistent, so the accepting branch is exercised too
+    for info in header.values():
+        if data is not None and data.draw(st.booleans()) and isinstance(info["dtype"], str) and info["dtype"] in DTYPE_BITS and type(info["shape"]) is list:
+            if all(type(d) is int and d >= 0 for d in info["shape"]) and type(info["data_offsets"]) is list:
+                n = 1
+                for d in info["shape"]:
+                    n *= d
+                begin = data.draw(st.integers(0, 2**20))
+                info["data_offsets"] = [begin, begin + n * DTYPE_BITS[info["dtype"]] // 8]
+    obj = json.loads(json.dumps(header))
+    assert _outcome(lambda o: _tensors(o, "f.safetensors", "f.safetensors"), obj) == _outcome(_one_by_one, obj)
+
+
+plain_text = st.text(alphabet="ab:. ", max_size=6)  # no braces or quotes: every '{' of the dump is an object
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | plain_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(plain_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(st.dictionaries(plain_text, plain_values, max_size=6), st.data())
+def test_a_duplicate_key_anywhere_is_found(header, data):
+    """The fast decode proves "no duplicates" by counting colons; a duplicate at any depth must still be reported."""
+    text = json.dumps(header)
+    objects = [i for i, ch in enumerate(text) if ch == "{"]
+    i = data.draw(st.sampled_from(objects))
+    key = data.draw(plain_text)
+    dup = f"{json.dumps(key)}: 1, {json.dumps(key)}: 2" + (", " if text[i + 1] != "}" else "")
+    buf = (text[: i + 1] + dup + text[i + 1 :]).encode()
+    try:
+        parse_header(buf, "dup.safetensors", None)
+    except CkptError as e:
+        assert "duplicate key" in str(e), str(e)
+        return
+    raise AssertionError("a header with a duplicate key was accepted")
+
+
+def test_colons_in_names_take_the_exact_path_and_still_parse():
+    header = {"__metadata__": {"note": "a:b"}, "x:y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    h = parse_header(json.dumps(header).encode(), "c.safetensors", None)
+    assert [t.name for t in h.tensors] == ["x:y"] and h.metadata["note"] == "a:b"
+
+
+def test_integer_literal_too_long_is_a_header_error():
+    buf = b'{"a":{"dtype":"F32","shape":[' + b"9" * 5000 + b'],"data_offsets":[0,4]}}'
+    try:
+        parse_header(buf, "long.safetensors", None)
+    except CkptError as e:
+        assert str(e).startswith("long.safetensors: header is not valid JSON: an integer of more than")
+    else:
+        raise AssertionError("accepted")

@@ -166,3 +166,15 @@ def test_buffers_by_name_shape_and_dtype(tmp_path):
     assert {b.reason: b.tensors for b in r.counts.buffers} == {
         "causal mask": 3, "rotary/sinusoid cache": 1, "I64 tensor (integer/bool tensors are never parameters)": 2, "batchnorm statistics": 2,
     }
+
+
+def test_integer_literals_past_pythons_digit_limit_are_invalid_json_not_a_crash():
+    from ckptcount.config import parse_config
+    from ckptcount.errors import ConfigError, ShardIndexError
+    from ckptcount.local import parse_index
+
+    raw = b'{"weight_map": {"a": "x.safetensors"}, "metadata": {"total_size": ' + b"9" * 5000 + b"}}"
+    with pytest.raises(ShardIndexError, match=r"^i\.json: not valid JSON \(ValueError\)$"):
+        parse_index(raw, "i.json")
+    with pytest.raises(ConfigError, match=r"^c\.json: not valid JSON \(ValueError\)$"):
+        parse_config(b'{"vocab_size": ' + b"9" * 5000 + b"}", "c.json")
