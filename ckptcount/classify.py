@@ -145,44 +145,121 @@ PARAMETER_IN: dict[str, frozenset[str]] = {
 }
 
 
-def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord], model_type: str | None = None) -> tuple[Classified, ...]:
-    """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
+_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_ASCII_DIGITS = frozenset("0123456789")
 
-    Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
-    Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
-    numbers (layers, experts) share one table lookup. ``model_type`` (config.json) settles the few names that are a
-    buffer in most models and a parameter in some (``PARAMETER_IN``).
+
+def _plan(name: str) -> tuple:
+    """What every name with the same digit-zeroed bytes as ``name`` shares, computed once per such key.
+
+    Names that differ only in their digits (layer and expert numbers of equal length) have their dots, their whole
+    numeric parts and the digits inside words (``fc1``) in the same places. So the layer number sits at the same
+    characters, and when every digit is a whole part (``layers.12.mlp.experts.201.up_proj.weight``) the table lookup
+    is the same too; when words hold digits (``blocks.3.mlp.fc1.weight``) the lookup depends on those digits only.
+    Returns (lookup, or None when words hold digits; positions of the digits inside words; a cache of lookups by
+    those digits; the layer number's span or None; the stack or None).
     """
+    parts = name.split(".")
+    numeric, pos = [], 0
+    word_digits: list[int] = []
+    for p in parts:
+        if p.isdecimal():
+            numeric.append(pos)
+        else:
+            word_digits.extend(pos + i for i, ch in enumerate(p) if ch in _ASCII_DIGITS)
+        pos += len(p) + 1
+    shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])
+    lookup = _by_shape(shape_of_name)
+    at = _layer_at(shape_of_name) if lookup[3] else None
+    layer_span = None
+    if at is not None:
+        start = sum(len(p) + 1 for p in parts[: at[0]])
+        layer_span = (start, start + len(parts[at[0]]))
+    stack = None if at is None else at[1]
+    if not word_digits:
+        return lookup, (), None, layer_span, stack
+    return None, tuple(word_digits), {}, layer_span, stack
+
+
+def _word_digit_lookup(name: str) -> tuple:
+    return _by_shape(".".join(["0" if p.isdecimal() else p for p in name.split(".")]))
+
+
+def _max_ranks(tensors) -> dict[str, int]:
     ranks: dict[str, int] = defaultdict(int)
     for t in tensors:
         stem = split_suffix(t.name)[0]
         if len(t.shape) > ranks[stem]:
             ranks[stem] = len(t.shape)
+    return ranks
+
+
+_new = object.__new__
+
+
+def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord], model_type: str | None = None) -> tuple[Classified, ...]:
+    """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
+
+    Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
+    Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
+    numbers (layers, experts) share one table lookup (:func:`_plan`). ``model_type`` (config.json) settles the few
+    names that are a buffer in most models and a parameter in some (``PARAMETER_IN``).
+
+    One pass, the records built inline (see :func:`~ckptcount.records.classified`): this runs once per tensor of
+    repos with 90,000 of them.
+    """
+    plans: dict[bytes, tuple] = {}
+    ranks: dict[str, int] | None = None  # max rank per stem, built only if some name is unknown to every row
+    not_parameters = {dt: f"{dt} tensor (integer/bool tensors are never parameters)" for dt in NON_FLOAT_DTYPES}
+    kept_buffers = {reason for reason, types in PARAMETER_IN.items() if model_type in types}
     out = []
+    append = out.append
     for t in tensors:
-        parts = t.name.split(".")
-        shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])  # == _DIGITS.sub("0", t.name)
-        buffer_by_name, component, ends_bias, has_layer = _by_shape(shape_of_name)
-        at = _layer_at(shape_of_name) if has_layer else None
-        layer = None if at is None else (f"{at[1]}.{parts[at[0]]}" if at[1] else parts[at[0]])
+        name = t.name
+        key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = _plan(name)
+        lookup, word_digits, by_digits, layer_span, stack = plan
+        if lookup is None:  # digits inside words (fc1, fc2): the lookup depends on those digits alone
+            digits = "".join([name[i] for i in word_digits])
+            lookup = by_digits.get(digits)
+            if lookup is None:
+                lookup = by_digits[digits] = _word_digit_lookup(name)
+        buffer_by_name, component, ends_bias, _ = lookup
+        if layer_span is None:
+            layer = None
+        else:
+            layer = name[layer_span[0] : layer_span[1]]
+            if stack is not None:
+                layer = f"{stack}.{layer}"
         rank = len(t.shape)
-        if t.dtype in NON_FLOAT_DTYPES:
-            out.append(classified(t, BUFFER, None, layer, f"{t.dtype} tensor (integer/bool tensors are never parameters)"))
-            continue
+        dtype = t.dtype
+        if dtype in not_parameters:
+            kind, component, reason = BUFFER, None, not_parameters[dtype]
         # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
-        if (
+        elif (
             buffer_by_name is not None
-            and not (buffer_by_name == "causal mask" and rank == 1 and not t.name.endswith("masked_bias"))
-            and model_type not in PARAMETER_IN.get(buffer_by_name, ())
+            and not (buffer_by_name == "causal mask" and rank == 1 and not name.endswith("masked_bias"))
+            and buffer_by_name not in kept_buffers
         ):
-            out.append(classified(t, BUFFER, None, layer, buffer_by_name))
-            continue
-        kind = BIAS if rank == 1 and ends_bias else WEIGHT
-        why = "name"
-        if component is None:
-            if rank <= 1 and ranks[split_suffix(t.name)[0]] <= 1:
-                component, why = NORM, "vector without a matrix beside it"
-            else:
-                component, why = OTHER, "no row matched"
-        out.append(classified(t, kind, component, layer, why))
+            kind, component, reason = BUFFER, None, buffer_by_name
+        else:
+            kind = BIAS if rank == 1 and ends_bias else WEIGHT
+            reason = "name"
+            if component is None:
+                if ranks is None:
+                    ranks = _max_ranks(tensors)
+                if rank <= 1 and ranks[split_suffix(name)[0]] <= 1:
+                    component, reason = NORM, "vector without a matrix beside it"
+                else:
+                    component, reason = OTHER, "no row matched"
+        c = _new(Classified)
+        d = c.__dict__  # field order: see records.classified
+        d["tensor"] = t
+        d["kind"] = kind
+        d["component"] = component
+        d["layer"] = layer
+        d["reason"] = reason
+        append(c)
     return tuple(out)

@@ -1,0 +1,37 @@
+"""classify() shares one table lookup between names that differ only in their digits (classify._plan). Property test:
+a batch of names gives, name by name, what each name gives alone, and the layer the regexes (classify.layer_of) find.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ckptcount.classify import classify, layer_of, split_suffix
+from ckptcount.records import TensorRecord
+
+PARTS = ["h", "layers", "blocks", "encoder", "decoder", "mlp", "attn", "self_attn", "experts", "fc1", "fc3", "fc",
+         "ln_1", "ln_f", "norm", "wte", "lm_head", "c_fc", "q_proj", "embed_tokens", "e_score_correction_bias",
+         "0", "7", "12", "201", "3x", "x3y", "١٢", "bias", "weight", "masked_bias", "inv_freq"]
+names = st.lists(st.sampled_from(PARTS), min_size=1, max_size=7).map(".".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(names, st.sampled_from([(4, 4), (4,), (1, 1, 4, 4)]), st.sampled_from(["F32", "BF16", "I64"])),
+                min_size=1, max_size=40, unique_by=lambda x: x[0]),
+       st.sampled_from([None, "ernie4_5_moe"]))
+def test_a_batch_classifies_each_name_as_it_would_alone(entries, model_type):
+    tensors = [TensorRecord(n, dt, shape, "f.safetensors") for n, shape, dt in entries]
+    batch = classify(tensors, model_type)
+    for t, c in zip(tensors, batch):
+        stem = split_suffix(t.name)[0]  # with the tensors of its stem: the norm rule looks at their ranks
+        alone = classify([t] + [x for x in tensors if split_suffix(x.name)[0] == stem and x is not t], model_type)[0]
+        assert c == alone, t.name
+        assert c.layer == layer_of(t.name), t.name
+
+
+def test_digits_inside_words_are_not_shared():
+    names = ["blocks.1.mlp.fc1.weight", "blocks.2.mlp.fc3.weight", "blocks.3.mlp.fc1.weight", "model.fc1.weight", "model.fc3.weight"]
+    out = classify([TensorRecord(n, "F32", (4, 4), "f") for n in names])
+    assert [c.component for c in out] == ["mlp", "mlp", "mlp", "mlp", "other"]
+    assert [c.layer for c in out] == ["1", "2", "3", None, None]
