@@ -5,7 +5,8 @@ overrides the root)::
 
     <host>/models--<org>--<name>/refs/<revision>        the commit sha that revision resolved to, last time
     <host>/models--<org>--<name>/<sha>[--<subpath>].json the listing, config.json, the index and, per file, the
-                                                         byte ranges the readers consumed
+                                                         byte ranges the readers consumed (for a sharded repo read
+                                                         without the listing: the files read, with their sizes)
 
 Entries are written to a temporary file in the same folder and moved into place with ``os.replace``, so a reader never
 sees half an entry, and two audits of the same commit can race safely. A file that does not parse is ignored (and

@@ -18,7 +18,8 @@ through :meth:`HubClient.get`, which:
 block of :data:`FIRST_BLOCK` bytes (``Range: bytes=0-99999`` is 100,000 bytes: ranges are inclusive), every later miss
 asks for exactly the bytes still missing, and the decision is made from the bytes actually received. A 206 must carry
 a ``Content-Range`` that starts where we asked, ends no later than we asked, matches the body length and, when the
-listing gave a size, the file's size.
+listing gave a size, the file's size; without a listing (shards named by an index) the ``Content-Range`` total is the
+file's size.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class NetworkError(CkptError):
     """The server kept failing (429, 5xx, dropped connections) after every retry, or answered something unusable."""
 
     kind = "network"
+
+
+class EntryNotFound(TargetNotFound):
+    """404 with the Hub's ``X-Error-Code: EntryNotFound``: the repo and revision exist, the file does not."""
 
 
 class OfflineError(CkptError):
@@ -111,12 +116,14 @@ class HubClient:
             headers.update(extra)
         return headers
 
-    def get(self, url: str, where: str, *, byte_range: tuple[int, int] | None = None, keep: tuple[int, int] | None = None, limit: int | None = None, missing_ok: bool = False) -> Reply | None:
+    def get(self, url: str, where: str, *, byte_range: tuple[int, int] | None = None, keep: tuple[int, int] | None = None, limit: int | None = None, missing_ok: bool = False) -> Reply:
         """GET ``url``; ``byte_range`` = (start, end exclusive) sends ``Range: bytes=start-(end-1)``.
 
         ``keep`` = (start, end) of the file to keep from a 200 answer (a server that ignored Range): the body is read
         up to ``end`` and the connection closed. ``limit`` caps a plain GET's body (a larger one is an error).
-        ``missing_ok``: a 404 for the file returns None instead of raising (used by the probes).
+        ``missing_ok``: a 404 for the file (the Hub's ``EntryNotFound``, or a 404 without error code) returns a
+        ``Reply`` with status 404 and an empty body instead of raising (used by the probes): its headers still carry
+        the Hub's ``X-Repo-Commit``, the commit the revision resolved to.
         """
         from huggingface_hub.utils import get_session
 
@@ -141,7 +148,7 @@ class HubClient:
                         body = _read_upto(r, ERROR_BODY_LIMIT)
                         self.counters.add(nbytes=len(body))
                         if status == 404 and missing_ok and _is_entry_missing(r):
-                            return None
+                            return Reply(404, _headers(r), b"", str(r.url), len(body))
                         raise self._error(r, where)
                     else:
                         return self._body(r, where, byte_range, keep, limit)
@@ -160,7 +167,7 @@ class HubClient:
         raise NetworkError(where, f"gave up after {attempt} tries ({last})")
 
     def _body(self, r, where: str, byte_range, keep, limit) -> Reply:
-        headers = {k.lower(): v for k, v in r.headers.items()}
+        headers = _headers(r)
         if r.status_code == 206:
             if byte_range is None:
                 raise NetworkError(where, "server answered 206 to a request without Range")
@@ -209,7 +216,7 @@ class HubClient:
         except RevisionNotFoundError:
             return TargetNotFound(where, "revision not found (HTTP 404)")
         except RemoteEntryNotFoundError:
-            return TargetNotFound(where, "file not found in the repository (HTTP 404)")
+            return EntryNotFound(where, "file not found in the repository (HTTP 404)")
         except DisabledRepoError:
             return AuthError(where, f"access to this repository is disabled (HTTP {r.status_code})")
         except RepositoryNotFoundError:
@@ -223,6 +230,19 @@ class HubClient:
             msg = e.server_message or ""
             return NetworkError(where, f"HTTP {r.status_code}" + (f": {msg.splitlines()[0][:200]}" if msg else ""))
         return NetworkError(where, f"unexpected HTTP {r.status_code}")
+
+
+def _headers(r) -> dict[str, str]:
+    """The answer's headers, lower-cased; ``x-repo-commit`` taken from a redirect hop when the final answer (a CDN's)
+    lacks it: the Hub puts it on its 302, and that is the commit the file was resolved at."""
+    headers = {k.lower(): v for k, v in r.headers.items()}
+    if "x-repo-commit" not in headers:
+        for hop in r.history:
+            commit = hop.headers.get("X-Repo-Commit")
+            if commit:
+                headers["x-repo-commit"] = commit
+                break
+    return headers
 
 
 def _is_entry_missing(r) -> bool:
@@ -289,6 +309,12 @@ class HttpFile:
         self.missing = False
 
     def size(self) -> int | None:
+        """The listing's size, else the ``Content-Range`` total of the first answer. A file opened without a size
+        (shards named by an index, audited without the listing) fetches its first block when asked before any read:
+        the block its reader's first read would fetch anyway, so a header still costs the same requests, and the
+        reader checks its offsets against the true size."""
+        if self._size is None and not self.segments and not self.missing:
+            self._fetch(0, self.first_block)
         return self._size
 
     def probe(self, missing_ok: bool = True) -> bool:
@@ -310,12 +336,12 @@ class HttpFile:
             self._location = None  # a signed CDN URL may have expired: go back through the Hub once
             reply = self.client.get(self.url, self.name, byte_range=(start, end), keep=keep)
         self.requests += 1
-        if reply is None:
+        if self.commit is None:
+            self.commit = reply.headers.get("x-repo-commit")
+        if reply.status == 404:
             self.missing = True
             return False
         self.bytes_read += reply.consumed
-        if self.commit is None:
-            self.commit = reply.headers.get("x-repo-commit")
         if reply.status == 206:
             m = _CONTENT_RANGE.match(reply.headers["content-range"])
             total = m.group(3)

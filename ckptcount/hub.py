@@ -4,19 +4,29 @@ Targets: ``org/name`` (optionally ``org/name@revision``), ``hf://org/name[@revis
 ``https://<endpoint>/org/name/resolve/<revision>/<path>`` (also ``/blob/`` and ``/tree/``). The endpoint is
 ``HF_ENDPOINT`` (read when the audit runs), or the host of a URL that is not huggingface.co.
 
-The request plan, for a repo never seen before (each line starts together; see docs/hub.md for measurements):
+The request plan, for a revision never seen before (each step's requests start together; docs/hub.md has the
+measurements):
 
-1. the listing with sizes (``/api/models/<repo>/revision/<rev>?blobs=true``, which also resolves the commit sha),
-   ``config.json``, the first :data:`~ckptcount.http_source.FIRST_BLOCK` bytes of ``model.safetensors`` and
-   ``model.safetensors.index.json``: one round trip; the probes that 404 cost a request each, no time;
-2. with the listing, :func:`ckptcount.local.choose` picks what to count exactly as for a directory; a probed single
-   file is finished (at most one more request for a header larger than the block); a probed index names the shards;
-3. the shard headers, all in parallel, each through :func:`ckptcount.formats.read_file` on an
-   :class:`~ckptcount.http_source.HttpFile`, so every format the readers know works remotely.
+1. ``config.json`` and ``model.safetensors.index.json`` (or the ``*.index.json`` named by the target), at the revision;
+2. an index answered: it is what :func:`ckptcount.local.choose` picks whenever it exists, so no listing is fetched.
+   The commit is the index's ``X-Repo-Commit`` (config.json is fetched again at it only if it came from another
+   commit), the shard headers are fetched at the commit, all in parallel, and each shard's size is the total of its
+   ``Content-Range``. Requests: shards + 2 (each shard also costs its 302 when the Hub redirects to a CDN); round
+   trips: 2, or 3 with the CDN hop. What the listing would add is not known: formats present but not counted, shards
+   the index does not name, their sizes in the preflight (docs/hub.md, "Sharded repos without the listing");
+3. no index (single file, ``.bin``, GGUF, unindexed shards, a repo with no checkpoint; also an index probe that
+   failed, or a server that names no commit): the listing with sizes
+   (``/api/models/<repo>/revision/<sha>?blobs=true``) and the first :data:`~ckptcount.http_source.FIRST_BLOCK` bytes
+   of ``model.safetensors``, together, at the commit the 404 of step 1 named (``X-Repo-Commit``; the revision itself
+   if no answer named one); then ``choose`` decides exactly as for a directory. A probed single file is finished (at
+   most one more request for a header larger than the block): 5 requests, 3 round trips with the CDN hop, one more
+   than when the listing started with step 1, the price of not probing ``model.safetensors`` for sharded repos.
 
-The result goes through :func:`ckptcount.local.assemble`, like a local directory. What the readers consumed is cached
-per commit (:mod:`ckptcount.cache`): a second audit of a branch makes one request (the listing, to resolve it), of a
-commit sha none, and with ``HF_HUB_OFFLINE=1`` none.
+A target naming a weight file fetches the listing, ``config.json`` and the file's first block together. Every file
+is read through :func:`ckptcount.formats.read_file` on an :class:`~ckptcount.http_source.HttpFile`, so every format
+the readers know works remotely, and the result goes through :func:`ckptcount.local.assemble`, like a local
+directory. What the readers consumed is cached per commit (:mod:`ckptcount.cache`): a second audit of a branch makes
+one request (the listing, to resolve it), of a commit sha none, and with ``HF_HUB_OFFLINE=1`` none.
 """
 
 from __future__ import annotations
@@ -169,11 +179,11 @@ class _Hub:
             self.client = HubClient(self.t.endpoint, self.token)
         return self.client
 
-    def listing(self) -> tuple[str, dict[str, int | None]]:
-        """(commit sha, {path: size}) of every file at the revision."""
+    def listing(self, rev: str | None = None) -> tuple[str, dict[str, int | None]]:
+        """(commit sha, {path: size}) of every file at ``rev`` (default: the audited revision)."""
         import json
 
-        url = f"{self.t.endpoint}/api/models/{self.t.repo}/revision/{quote(self.rev, safe='')}?blobs=true"
+        url = f"{self.t.endpoint}/api/models/{self.t.repo}/revision/{quote(rev or self.rev, safe='')}?blobs=true"
         where = f"{self.t.repo}@{self.rev}" if self.t.revision else self.t.repo
         reply = self._client().get(url, where, limit=MAX_LISTING_BYTES)
         try:
@@ -195,10 +205,10 @@ class _Hub:
         return sha, files
 
     def small(self, path: str, rev: str, limit: int, missing_ok: bool = True) -> tuple[bytes | None, str | None]:
+        """(body, X-Repo-Commit) of a small file; the body is None for a file that does not exist (the Hub's 404
+        still names the commit)."""
         reply = self._client().get(self.url(path, rev), self.where(path), limit=limit, missing_ok=missing_ok)
-        if reply is None:
-            return None, None
-        return reply.body, reply.headers.get("x-repo-commit")
+        return (None if reply.status == 404 else reply.body), reply.headers.get("x-repo-commit")
 
     # -- the audit
     def run(self) -> Checkpoint:
@@ -221,69 +231,74 @@ class _Hub:
             entry = cache.load(t.endpoint, t.repo, sha, self.folder) if sha == known else None
             if entry is not None:
                 return self.replay(entry)
-            return self.fetch(sha, files, probes={})
-        return self.fetch(None, None, probes=self.start_probes())
+            return self.build(sha, files, {})
+        return self.build(*self.first_fetch())
 
-    def start_probes(self) -> dict:
-        """Step 1: the listing, config.json and the likely weight files, all at once."""
-        from .http_source import HttpFile
-
+    def first_fetch(self) -> tuple[str, dict[str, int | None] | None, dict]:
+        """A revision not seen before: (commit sha, the listing or None, what the probes settled), by the plan in the
+        module docstring. ``settled`` maps a path to its body (bytes), its :class:`HttpFile`, None (404 at the
+        commit), :data:`_STALE` (to fetch again at the commit) or the :class:`NetworkError` that spent its retries."""
+        t = self.t
         self._client()  # one client (session, headers, counters) before any thread starts
         pool = ThreadPoolExecutor(max_workers=4)
-        probes: dict = {"pool": pool, "listing": pool.submit(self.listing)}
-        config = _join(self.folder, "config.json", self.target)
-        probes["config"] = (config, pool.submit(self.small, config, self.rev, MAX_CONFIG_BYTES))
-        candidates = [self.t.path] if self.t.is_file else [_join(self.folder, n, self.target) for n in (LAYOUTS[0].single, LAYOUTS[0].index) if n]
-        for path in candidates:
-            if path.endswith(".json"):
-                probes[path] = pool.submit(self.small, path, self.rev, MAX_INDEX_BYTES)
-            else:
-                f = HttpFile(self._client(), self.url(path, self.rev), path.rsplit("/", 1)[-1], self.where(path))
-                probes[path] = (f, pool.submit(f.probe))
-        return probes
-
-    def fetch(self, sha: str | None, files: dict | None, probes: dict) -> Checkpoint:
-        from .http_source import NetworkError
-
-        pool = probes.pop("pool", None)
         try:
-            if sha is None:
-                _warm_up()  # the probes are in flight: use the wait
-                sha, files = probes.pop("listing").result()
-            # Results of probes made at a branch name are used only if they came from the listed commit.
-            settled: dict = {}
-            for path, p in probes.items():
-                if path == "config":
-                    path, p = p
-                try:
-                    if isinstance(p, tuple):
-                        f, fut = p
-                        found = fut.result()
-                        settled[path] = (f if found else None) if f.commit in (None, sha) else _STALE
-                    else:
-                        body, commit = p.result()
-                        settled[path] = body if commit in (None, sha) else _STALE
-                except NetworkError as e:
-                    settled[path] = e  # it already spent every retry: raised if the file is needed, never redone
-                except CkptError:
-                    settled[path] = _STALE  # a probe that failed otherwise than 404 is redone at the commit
+            config = _join(self.folder, "config.json", self.target)
+            probes: dict = {config: pool.submit(self.small, config, self.rev, MAX_CONFIG_BYTES)}
+            if t.is_file and not t.path.endswith(".index.json"):
+                # A named weight file: the listing (does it exist, what is next to it), config.json and its first
+                # block, all at once.
+                listing = pool.submit(self.listing)
+                probes[t.path] = self._probe_file(pool, t.path, self.rev)
+                _warm_up()  # the requests are in flight: use the wait
+                sha, files = listing.result()
+                return sha, files, {path: _usable(*_outcome(p), sha) for path, p in probes.items()}
+            # Step 1: config.json and the index, together.
+            index = t.path if t.is_file else _join(self.folder, LAYOUTS[0].index, self.target)
+            probes[index] = pool.submit(self.small, index, self.rev, MAX_INDEX_BYTES)
+            _warm_up()
+            outcomes = {path: _outcome(p) for path, p in probes.items()}
+            body, commit = outcomes[index]
+            if isinstance(body, bytes) and commit and _SHA.match(commit):
+                # The index is what `local.choose` picks whenever it exists: no listing. The commit is the index's
+                # X-Repo-Commit; the shards are fetched at it, their sizes come from Content-Range.
+                return commit, None, {path: _usable(r, c, commit) for path, (r, c) in outcomes.items()}
+            # Step 2, no index (or no usable answer): the listing decides what to count, as for a directory, with the
+            # single file's first block beside it. At the commit the first answers named, when they named one.
+            hint = next((c for _, c in (outcomes[index], outcomes[config]) if c and _SHA.match(c)), None)
+            rev = hint or self.rev
+            listing = pool.submit(self.listing, rev)
+            if not t.is_file:
+                single = _join(self.folder, LAYOUTS[0].single, self.target)
+                probes[single] = self._probe_file(pool, single, rev)
+            sha, files = listing.result()
+            outcomes.update({path: _outcome(p) for path, p in probes.items() if path not in outcomes})
+            return sha, files, {path: _usable(r, c, sha) for path, (r, c) in outcomes.items()}
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self.sha = sha
-        return self.build(sha, files, settled)
+            pool.shutdown(wait=True)
 
-    def build(self, sha: str, files: dict[str, int | None], settled: dict) -> Checkpoint:
+    def _probe_file(self, pool, path: str, rev: str) -> tuple:
         from .http_source import HttpFile
+
+        f = HttpFile(self._client(), self.url(path, rev), path.rsplit("/", 1)[-1], self.where(path))
+        return f, pool.submit(f.probe)
+
+    def build(self, sha: str, files: dict[str, int | None] | None, settled: dict) -> Checkpoint:
+        """Count the commit ``sha``. ``files`` is the listing; None when the index answered and no listing was fetched:
+        then the index is counted (what ``local.choose`` picks whenever it exists), a shard it names that the commit
+        lacks is found by its 404, and the sizes come from ``Content-Range``."""
+        from .http_source import EntryNotFound, HttpFile
 
         t, folder = self.t, self.folder
         prefix = f"{folder}/" if folder else ""
-        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        listed = files is not None
+        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]} if listed else {}
         findings: list[Finding] = []
         index = weight_map = None
         index_meta: dict = {}
         index_raw = None
-        if t.is_file:
+        if not listed:
+            index, names = (t.path if t.is_file else LAYOUTS[0].index).rsplit("/", 1)[-1], []
+        elif t.is_file:
             name = t.path.rsplit("/", 1)[-1]
             if name not in here:
                 raise TargetNotFound(self.where(t.path), f"no such file at {self.rev}")
@@ -300,8 +315,8 @@ class _Hub:
             got = settled.get(path, _STALE)
             if isinstance(got, CkptError):
                 raise got
-            if got is _STALE or got is None:  # not probed, stale, or 404 at the branch while the commit lists it
-                got, _ = self.small(path, sha, limit, missing_ok=False)
+            if got is _STALE or (got is None and listed):  # not probed, stale, or 404 at the branch while the commit lists it
+                got, _ = self.small(path, sha, limit, missing_ok=not listed)
             return got
 
         if index is not None:
@@ -315,7 +330,7 @@ class _Hub:
                 _check_path(n, self.where(ipath))
                 if "/" in n:
                     raise UnsafePath(self.where(ipath), f"shard {n!r} is not a file next to the index")
-                if n not in here:
+                if listed and n not in here:
                     raise TargetNotFound(self.where(ipath), f"names shard {n!r}, which the repo does not hold at {sha[:12]}")
             named = set(names)
             for n in sorted(here):
@@ -328,7 +343,7 @@ class _Hub:
             probed = settled.get(path, _STALE)
             if isinstance(probed, CkptError):
                 raise probed
-            if isinstance(probed, HttpFile) and probed.size() in (None, here.get(n)):
+            if isinstance(probed, HttpFile) and probed._size in (None, here.get(n)):
                 if probed._size is None:
                     probed._size = here.get(n)
                 sources[n] = probed
@@ -336,9 +351,18 @@ class _Hub:
                 sources[n] = HttpFile(self._client(), self.url(path, sha), n, self.where(path), size=here.get(n))
 
         config_raw = None
-        if "config.json" in here:
+        if not listed or "config.json" in here:
             config_raw = raw(prefix + "config.json", MAX_CONFIG_BYTES)
-        reads = _read_all(sources)
+        try:
+            reads = _read_all(sources)
+        except EntryNotFound as e:
+            missing = next((n for n, s in sources.items() if s.name == e.where), None)
+            if listed or missing is None:
+                raise
+            raise TargetNotFound(self.where(prefix + index), f"names shard {missing!r}, which the repo does not hold at {sha[:12]}") from None
+        if not listed:  # what the listing would have said about the files read: the record kept for replays and preflight
+            here = {index: len(index_raw), **({"config.json": len(config_raw)} if config_raw is not None else {}), **{n: s.size() for n, s in sources.items()}}
+            files = {prefix + n: size for n, size in sorted(here.items())}
         for n, src in sources.items():
             if src.range_ignored:
                 findings.append(Finding("range-ignored", f"{src.name}: the server ignored Range and sent the whole file; read {src.bytes_read} bytes, then closed the connection"))
@@ -428,7 +452,7 @@ class _Hub:
             raise OfflineError(self.target, "HF_HUB_OFFLINE is set and the cached headers are incomplete")
         self.cached = False
         sha, files = self.listing()
-        return self.fetch(sha, files, probes={})
+        return self.build(sha, files, {})
 
 
 def _warm_up() -> None:
@@ -443,6 +467,32 @@ class _Stale:
 
 
 _STALE = _Stale()
+
+
+def _outcome(probe) -> tuple:
+    """(result, X-Repo-Commit) of a probe: the body (bytes) or the :class:`HttpFile`, None for a 404, or the
+    :class:`CkptError` it ended with."""
+    try:
+        if isinstance(probe, tuple):
+            f, fut = probe
+            found = fut.result()
+            return (f if found else None), f.commit
+        return probe.result()
+    except CkptError as e:
+        return e, None
+
+
+def _usable(result, commit: str | None, sha: str):
+    """What a probe made at a branch name is worth at the commit ``sha``: itself if it came from that commit, else
+    :data:`_STALE` (fetched again at the commit if needed). A :class:`NetworkError` already spent every retry: kept, and
+    raised only if the file is needed; a probe that failed otherwise is redone at the commit."""
+    from .http_source import NetworkError
+
+    if isinstance(result, NetworkError):
+        return result
+    if isinstance(result, CkptError):
+        return _STALE
+    return result if commit in (None, sha) else _STALE
 
 
 PROGRESS_MIN_FILES = 8  # fewer shards finish before a bar would be worth drawing

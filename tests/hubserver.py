@@ -6,8 +6,9 @@ ckptcount call:
 
 - ``GET /api/models/<org>/<name>[/revision/<rev>]`` (``?blobs=true`` adds sizes): ``sha`` and ``siblings``;
 - ``GET /api/models/<org>/<name>/tree/<rev>[/<path>]``: the tree listing with sizes;
-- ``GET|HEAD /<org>/<name>/resolve/<rev>/<path>`` with ``Range`` (inclusive, 206 + ``Content-Range``), ``X-Repo-Commit``,
-  ``ETag``, ``X-Linked-Size``/``X-Linked-Etag`` on LFS redirects;
+- ``GET|HEAD /<org>/<name>/resolve/<rev>/<path>`` with ``Range`` (inclusive, 206 + ``Content-Range``), ``X-Repo-Commit``
+  (also on the 302 and on the EntryNotFound 404, as the Hub sends it), ``ETag``, ``X-Linked-Size``/``X-Linked-Etag`` on
+  LFS redirects;
 - ``GET /api/agent-harnesses`` (huggingface_hub's once-a-day registry fetch);
 - errors as the Hub sends them: ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo.
 
@@ -249,8 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, obj, headers: dict | None = None) -> None:
         self._reply(200, json.dumps(obj).encode(), headers, "application/json")
 
-    def _error(self, status: int, code: str | None, message: str, head: bool = False) -> None:
-        headers = {"X-Error-Message": message}
+    def _error(self, status: int, code: str | None, message: str, head: bool = False, extra: dict | None = None) -> None:
+        headers = {"X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
         self._reply(status, json.dumps({"error": message}).encode(), headers, "application/json", head=head)
@@ -324,7 +325,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
             sha, files = got
             if file not in files:
-                return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}", head)
+                # The Hub names the commit on this 404 too (huggingface_hub caches ``.no_exist/<X-Repo-Commit>/<file>``
+                # from it in ``hf_hub_download``).
+                return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}", head, {"X-Repo-Commit": sha})
             content = files[file]
             etag = f'"{sha_of(sha + file)}"'
             common = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes"}

@@ -67,7 +67,7 @@ def test_gpt2_family_same_report_as_local_path(hub):
         assert len(report.checkpoint.tensors) == tensors
         assert _comparable(report) == _comparable(audit(str(FIXTURES / name)))
         assert report.checkpoint.origin["sha"] == hub.repos[f"openai-community/{name}"].sha
-    # Per repo: listing + config + model.safetensors probe (302 -> CDN 206) + index probe (404): 5 requests.
+    # Per repo: config + index probe (404), then the listing + model.safetensors probe (302 -> CDN 206): 5 requests.
     assert len(hub.settled()) == 5 * len(GPT2)
     assert len(hub.requests("cdn")) == len(GPT2)
     assert all(r.status == 206 and r.range == f"bytes=0-{FIRST_BLOCK - 1}" for r in hub.requests("cdn"))
@@ -77,16 +77,18 @@ def test_single_file_round_trips_and_requests(hub):
     hub.latency = 0.05
     report = audit("openai-community/gpt2")
     assert report.counts.parameters == 124_439_808
+    sha = hub.repos["openai-community/gpt2"].sha
     paths = sorted((r.host, r.path, r.status) for r in hub.settled())
     assert paths == [
-        ("cdn", f"/repos/openai-community/gpt2/{hub.repos['openai-community/gpt2'].sha}/model.safetensors", 206),
-        ("hub", "/api/models/openai-community/gpt2/revision/main", 200),
+        ("cdn", f"/repos/openai-community/gpt2/{sha}/model.safetensors", 206),
+        ("hub", f"/api/models/openai-community/gpt2/revision/{sha}", 200),
+        ("hub", f"/openai-community/gpt2/resolve/{sha}/model.safetensors", 302),
         ("hub", "/openai-community/gpt2/resolve/main/config.json", 200),
-        ("hub", "/openai-community/gpt2/resolve/main/model.safetensors", 302),
         ("hub", "/openai-community/gpt2/resolve/main/model.safetensors.index.json", 404),
     ]
-    # All probes start together; the CDN hop of the redirect is the only sequential step.
-    assert hub.round_trips() == 2
+    # config.json and the index start together; the index's 404 names the commit, at which the listing and the
+    # single file start together; the CDN hop of the redirect is the third step.
+    assert hub.round_trips() == 3
     assert report.checkpoint.origin["requests"] == 5
     assert report.checkpoint.files[0].bytes_read == 14_347  # the header-only fixture is shorter than the first block
 
@@ -118,12 +120,82 @@ def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     assert report.counts.parameters == oracle
     assert _comparable(report) == _comparable(audit(str(folder)))
     assert [f.bytes_read for f in report.checkpoint.files] == [min(len(files[s]), FIRST_BLOCK) for s in shards]
-    # listing + config + index (probe) + model.safetensors probe (404) + per shard 302 and CDN 206.
-    assert len(hub.requests("hub")) == 4 + len(shards)
+    # config + index, then per shard its 302 and CDN 206; no listing, no single-file probe.
+    assert len(hub.requests("hub")) == 2 + len(shards)
     assert len(hub.requests("cdn")) == len(shards)
+    assert hub.requests("hub", "^/api/") == []
     assert hub.round_trips() == 3
     assert report.preflight.bytes_by_format == {"safetensors": sum(len(files[s]) for s in shards)}
     assert report.preflight.download_bytes == sum(len(files[s]) for s in shards)
+
+
+def test_sharded_repo_costs_shards_plus_two_requests(hub, tiny_sharded, monkeypatch):
+    """Issue 7: requests = shards + at most 2. Served without the CDN redirect, a sharded repo costs exactly config.json,
+    the index and one request per shard: the commit comes from the index's X-Repo-Commit, the sizes from
+    Content-Range; the second audit of the branch, of the sha and offline behave as for any repo."""
+    folder, oracle = tiny_sharded
+    files = load_dir(folder)
+    shards = sorted(n for n in files if n.endswith(".safetensors"))
+    repo = hub.add("test/tiny-sharded", files)
+    hub.redirect_lfs = False
+    hub.latency = 0.05
+    report = audit("test/tiny-sharded")
+    assert report.counts.parameters == oracle
+    assert _comparable(report) == _comparable(audit(str(folder)))
+    log = hub.settled()
+    assert len(log) == report.checkpoint.origin["requests"] == len(shards) + 2
+    assert sorted(r.path for r in log) == sorted(
+        ["/test/tiny-sharded/resolve/main/config.json", "/test/tiny-sharded/resolve/main/model.safetensors.index.json"]
+        + [f"/test/tiny-sharded/resolve/{repo.sha}/{s}" for s in shards]
+    )
+    assert hub.round_trips() == 2  # config + index together, then every shard together
+    assert report.checkpoint.origin["sha"] == repo.sha
+    assert [f.size for f in report.checkpoint.files] == [len(files[s]) for s in shards]  # from Content-Range
+    sizes = sum(len(files[s]) for s in shards)
+    assert (report.preflight.bytes_by_format, report.preflight.download_bytes) == ({"safetensors": sizes}, sizes)
+    hub.reset_log()
+    again = audit("test/tiny-sharded")
+    assert [r.path for r in hub.settled()] == ["/api/models/test/tiny-sharded/revision/main"]
+    assert again.checkpoint.origin["cached"] is True and _comparable(again) == _comparable(report)
+    assert (again.preflight.bytes_by_format, again.preflight.download_bytes) == ({"safetensors": sizes}, sizes)
+    hub.reset_log()
+    assert audit(f"test/tiny-sharded@{repo.sha}").counts.parameters == oracle
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _comparable(audit("test/tiny-sharded")) == _comparable(report)
+    assert hub.settled() == []
+
+
+def test_sharded_repo_without_listing_does_not_see_other_files(hub, tiny_sharded, tmp_path):
+    """What the listing would add for a sharded repo, and is not fetched for (docs/hub.md): formats not counted and
+    shards the index does not name are not reported, and preflight sizes only the counted shards."""
+    folder, oracle = tiny_sharded
+    files = load_dir(folder)
+    shards = sorted(n for n in files if n.endswith(".safetensors"))
+    extra = {"pytorch_model.bin": b"\0" * 1000, "model-00099-of-00099.safetensors": files[shards[0]]}
+    hub.add("test/both", {**files, **extra})
+    report = audit("test/both")
+    assert report.counts.parameters == oracle
+    assert report.checkpoint.findings == ()
+    sizes = sum(len(files[s]) for s in shards)
+    assert report.preflight.bytes_by_format == {"safetensors": sizes}
+    assert hub.requests("hub", "^/api/") == []
+    # The same files on disk: the directory listing is free, so the local report says what else is there.
+    for name, data in {**files, **extra}.items():
+        (tmp_path / name).write_bytes(data)
+    local = audit(str(tmp_path), max_size=10**12)  # any preflight option gives a local target its preflight
+    assert local.counts.parameters == oracle
+    assert sorted(f.kind for f in local.checkpoint.findings) == ["ignored-format", "unreferenced-shard"]
+    assert set(local.preflight.bytes_by_format) == {"safetensors", "pytorch"}
+
+
+def test_shard_the_commit_lacks_is_found_by_its_404(hub, tiny_sharded):
+    folder, _ = tiny_sharded
+    files = load_dir(folder)
+    shards = sorted(n for n in files if n.endswith(".safetensors"))
+    repo = hub.add("test/gone", {k: v for k, v in files.items() if k != shards[1]})
+    with pytest.raises(CkptError) as e:
+        audit("test/gone")
+    assert str(e.value) == f"test/gone/model.safetensors.index.json: names shard {shards[1]!r}, which the repo does not hold at {repo.sha[:12]}"
 
 
 def test_subfolder_url_and_revision_forms(hub, tiny_sharded):
