@@ -27,7 +27,7 @@ def analyse(checkpoint: Checkpoint) -> Report:
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
-    classified = quant.mark_metadata(classify(prepared.tensors, model_type(checkpoint.config)), prepared)
+    classified = classify(prepared.tensors, model_type(checkpoint.config), prepared.metadata)
     ties = find_ties(checkpoint, classified)
     counts = count(classified, ties)
     return Report(

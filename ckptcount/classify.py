@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from functools import lru_cache
+from typing import Mapping
 
 from .records import (
     ATTENTION,
@@ -197,13 +198,18 @@ def _max_ranks(tensors) -> dict[str, int]:
 _new = object.__new__
 
 
-def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord], model_type: str | None = None) -> tuple[Classified, ...]:
+def classify(
+    tensors: tuple[TensorRecord, ...] | list[TensorRecord],
+    model_type: str | None = None,
+    buffers: Mapping[str, str] | None = None,
+) -> tuple[Classified, ...]:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
     Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
     Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
     numbers (layers, experts) share one table lookup (:func:`_plan`). ``model_type`` (config.json) settles the few
-    names that are a buffer in most models and a parameter in some (``PARAMETER_IN``).
+    names that are a buffer in most models and a parameter in some (``PARAMETER_IN``). ``buffers`` names tensors
+    already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``).
 
     One pass, the records built inline (see :func:`~ckptcount.records.classified`): this runs once per tensor of
     repos with 90,000 of them.
@@ -235,7 +241,9 @@ def classify(tensors: tuple[TensorRecord, ...] | list[TensorRecord], model_type:
                 layer = f"{stack}.{layer}"
         rank = len(t.shape)
         dtype = t.dtype
-        if dtype in not_parameters:
+        if buffers and name in buffers:
+            kind, component, reason = BUFFER, None, buffers[name]
+        elif dtype in not_parameters:
             kind, component, reason = BUFFER, None, not_parameters[dtype]
         # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
         elif (

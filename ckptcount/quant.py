@@ -69,7 +69,6 @@ _META: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 _BNB_STATE = re.compile(r"\.weight\.quant_state\.[^.]+$")
-_PACKED_HINT = re.compile(r"\.(?:qweight|weight_packed)$|_blocks$")
 
 
 @dataclass(frozen=True)
@@ -216,22 +215,45 @@ def _meta_reason(name: str, scheme: Scheme, names: set[str]) -> str | None:
     return None
 
 
+# Name endings a packed tensor of each method can have (see _logical): other names skip it.
+_PACKED_ENDINGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "gptq": (".qweight",),
+        "awq": (".qweight",),
+        "mlx": (".weight",),
+        "bnb-4bit": (".weight",),
+        "bnb-8bit": (".weight",),
+        "mxfp4": ("_blocks",),
+        "compressed-tensors": (".weight_packed", ".weight"),
+    }
+)
+_HINT_ENDINGS = (".qweight", ".weight_packed", "_blocks")  # packed-looking names when no config names a method
+
+
 def prepare(checkpoint: Checkpoint) -> Prepared:
     """Replace packed tensors by logical records and mark quantization metadata. A no-op for unquantized models."""
     scheme = scheme_of(checkpoint.config)
     tensors = checkpoint.tensors
     if scheme is None:
-        hinted = [t.name for t in tensors if _PACKED_HINT.search(t.name)]
+        hinted = [t.name for t in tensors if t.name.endswith(_HINT_ENDINGS)]
         findings = ()
         if hinted and not any(f.format == "gguf" for f in checkpoint.files):
             findings = (Finding("quantization", f"{len(hinted)} packed-looking tensors (e.g. {hinted[0]!r}) but no quantization_config: counted as stored"),)
         return Prepared(tensors, None, MappingProxyType({}), MappingProxyType({}), findings)
     names = {t.name for t in tensors}
     out, packed, metadata, findings = [], {}, {}, []
+    meta_endings = _META.get(scheme.method, ())
+    packed_endings = _PACKED_ENDINGS.get(scheme.method, ())
+    bnb4 = scheme.method == "bnb-4bit"
     for t in tensors:
-        reason = _meta_reason(t.name, scheme, names)
-        if reason is not None:
-            metadata[t.name] = reason
+        name = t.name
+        if (meta_endings and name.endswith(meta_endings)) or (bnb4 and ".weight.quant_state." in name):
+            reason = _meta_reason(name, scheme, names)
+            if reason is not None:
+                metadata[name] = reason
+                out.append(t)
+                continue
+        if not (packed_endings and name.endswith(packed_endings)):
             out.append(t)
             continue
         logical = _logical(t, scheme, names)
@@ -248,16 +270,6 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
     return Prepared(tuple(out), scheme, MappingProxyType(packed), MappingProxyType(metadata), tuple(findings))
 
 
-def mark_metadata(classified: tuple[Classified, ...], prepared: Prepared) -> tuple[Classified, ...]:
-    """Quantization metadata tensors are not parameters: classify them apart, with the reason."""
-    if not prepared.metadata:
-        return classified
-    return tuple(
-        Classified(c.tensor, BUFFER, None, c.layer, prepared.metadata[c.tensor.name]) if c.tensor.name in prepared.metadata else c
-        for c in classified
-    )
-
-
 def _bits(nbytes: int, elements: int) -> float | None:
     return round(8 * nbytes / elements, 4) if elements else None
 
@@ -272,22 +284,29 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     is_gguf = any(f.format == "gguf" for f in checkpoint.files)
     if prepared.scheme is None and not is_gguf:
         return None
-    params = [c for c in classified if c.is_parameter]
-    meta = [c for c in classified if c.tensor.name in prepared.metadata]
-    if is_gguf:
-        quantized = [c for c in params if c.tensor.dtype not in UNQUANTIZED]
-    else:
-        quantized = [c for c in params if c.tensor.name in prepared.packed or c.tensor.dtype.startswith("F8")]
-    q_elements = sum(c.tensor.numel for c in quantized)
-    q_bytes = sum(c.tensor.nbytes for c in quantized)
-    m_bytes = sum(c.tensor.nbytes for c in meta)
-    p_bytes = sum(c.tensor.nbytes for c in params)
+    packed, metadata = prepared.packed, prepared.metadata
     by_type: dict[str, dict] = {}
-    for c in params:
-        d = by_type.setdefault(c.tensor.dtype, {"tensors": 0, "elements": 0, "bytes": 0})
+    meta: list = []  # the metadata tensors
+    p_bytes = q_tensors = q_elements = q_bytes = 0
+    for c in classified:  # one pass: 90,000-tensor FP8 repos
+        t = c.tensor
+        if c.kind == BUFFER:
+            if t.name in metadata:
+                meta.append(t)
+            continue
+        n, nb, dt = t.numel, t.nbytes, t.dtype
+        d = by_type.get(dt)
+        if d is None:
+            d = by_type[dt] = {"tensors": 0, "elements": 0, "bytes": 0}
         d["tensors"] += 1
-        d["elements"] += c.tensor.numel
-        d["bytes"] += c.tensor.nbytes
+        d["elements"] += n
+        d["bytes"] += nb
+        p_bytes += nb
+        if (dt not in UNQUANTIZED) if is_gguf else (dt.startswith("F8") or (packed and t.name in packed)):
+            q_tensors += 1
+            q_elements += n
+            q_bytes += nb
+    m_bytes = sum(t.nbytes for t in meta)
     for k, d in by_type.items():
         d["bits_per_weight"] = _bits(d["bytes"], d["elements"])
         if k in TYPE_BY_NAME and is_gguf:
@@ -311,14 +330,14 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     out.update(
         {
             "logical_parameters": counts.parameters,
-            "stored_elements_in_file": sum(t.numel for t in checkpoint.tensors if t.name not in prepared.packed)
-            + sum(t.numel for t in prepared.packed.values()),
-            "quantized": {"tensors": len(quantized), "elements": q_elements, "bytes": q_bytes},
+            "stored_elements_in_file": sum(t.numel for t in checkpoint.tensors if t.name not in packed)
+            + sum(t.numel for t in packed.values()),
+            "quantized": {"tensors": q_tensors, "elements": q_elements, "bytes": q_bytes},
             "metadata": {
                 "tensors": len(meta),
-                "elements": sum(c.tensor.numel for c in meta),
+                "elements": sum(t.numel for t in meta),
                 "bytes": m_bytes,
-                "names": [c.tensor.name for c in meta],
+                "names": [t.name for t in meta],
             },
             "bits_per_weight": _bits(q_bytes + m_bytes, q_elements),
             "bits_per_parameter": _bits(p_bytes + m_bytes, counts.parameters),
