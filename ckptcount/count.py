@@ -9,6 +9,7 @@ from .classify import component_of
 from .records import (
     BIAS,
     BUFFER,
+    DTYPE_BITS,
     COMPONENTS,
     EMBEDDING_COMPONENTS,
     POSITION_EMBEDDING,
@@ -49,40 +50,64 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
     ``num_parameters(exclude_embeddings=True)`` subtracts every embedding table (token, position, token type...).
     """
     dropped, override = counted_names(ties)
+    # Names that need more than the common path: tied (dropped or relabelled) and the tie groups' counted members.
+    special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
+    unique = len({c.tensor.name for c in classified}) == len(classified)  # else: count each name once (seen)
     seen: set[str] = set()
+    numel: dict[str, int] = {}
+    bits = DTYPE_BITS
+    # One pass, aggregating by (kind, component or buffer reason, layer, dtype, counted as a parameter); the totals
+    # are rolled up from the few hundred keys. This runs once per tensor of 90,000-tensor repos.
+    agg: dict[tuple, list[int]] = {}
+    buffers: dict[str, list] = {}
+    for c in classified:
+        t = c.tensor
+        name, dt, n = t.name, t.dtype, t.numel
+        nb = t.stored_bytes
+        if nb is None:
+            nb = n * bits[dt] // 8
+        kind = c.kind
+        if kind == BUFFER:
+            key = (BUFFER, c.reason, None, dt, False)
+            ts = buffers.get(c.reason)
+            if ts is None:
+                buffers[c.reason] = [t]
+            else:
+                ts.append(t)
+        elif unique and name not in special:
+            key = (kind, c.component, c.layer, dt, True)
+        else:
+            numel.setdefault(name, n)
+            if name in dropped or name in seen:
+                key = (kind, None, None, dt, False)
+            else:
+                seen.add(name)
+                key = (kind, override.get(name, c.component), c.layer, dt, True)
+        acc = agg.get(key)
+        if acc is None:
+            agg[key] = [1, n, nb]
+        else:
+            acc[0] += 1
+            acc[1] += n
+            acc[2] += nb
     parameters = stored = buffer_elements = 0
-    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements] accumulators
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements]
     by_component: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    buffers: dict[str, list] = {}
-    numel = {}
-    for c in classified:
-        t = c.tensor
-        n = t.numel
-        numel.setdefault(t.name, n)
+    for (kind, component, layer, dt, counted), (k, n, nb) in agg.items():
         stored += n
-        acc = by_dtype[t.dtype]
-        acc[0] += 1
+        acc = by_dtype[dt]
+        acc[0] += k
         acc[1] += n
-        acc[2] += t.nbytes
-        if c.kind == BUFFER:
+        acc[2] += nb
+        if kind == BUFFER:
             buffer_elements += n
-            buffers.setdefault(c.reason, []).append(t)
+        if not counted:
             continue
-        if t.name in dropped or t.name in seen:
-            continue
-        seen.add(t.name)
         parameters += n
-        acc = kinds[c.kind]
-        acc[0] += 1
-        acc[1] += n
-        acc = by_component[override.get(t.name, c.component) if override else c.component]
-        acc[0] += 1
-        acc[1] += n
-        if c.layer is not None:
-            acc = by_layer[c.layer]
-            acc[0] += 1
+        for acc in (kinds[kind], by_component[component]) + ((by_layer[layer],) if layer is not None else ()):
+            acc[0] += k
             acc[1] += n
     untied = parameters + sum((len(g.names) - 1) * numel[g.stored[0]] for g in ties if g.counted_once and g.stored)
     weights, biases = Tally(*kinds[WEIGHT]), Tally(*kinds[BIAS])
@@ -99,7 +124,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         by_layer=MappingProxyType({k: Tally(*v) for k, v in sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0]))}),
         by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(by_dtype.items())}),
         buffers=tuple(
-            BufferGroup(reason, len(ts), sum(t.numel for t in ts), tuple(t.name for t in ts)) for reason, ts in buffers.items()
+            BufferGroup(reason, len(ts), sum([t.numel for t in ts]), tuple([t.name for t in ts])) for reason, ts in buffers.items()
         ),
         non_embedding=MappingProxyType(
             {
