@@ -22,8 +22,10 @@ import re
 from typing import Mapping
 
 from .gguf import kv_value
-from .records import Checkpoint, Classified, Counts, TieGroup
+from .records import BUFFER, Checkpoint, Classified, Counts, TieGroup
 from .count import counted_names
+
+_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 PER_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 FUSED = re.compile(r"(?:^|\.)experts\.(?!\d+\.)[A-Za-z_]")
@@ -67,19 +69,31 @@ def summarize(checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: 
     leading: set[int] = set()
     kinds: set[str] = set()
     seen: set[str] = set()
+    plans: dict[bytes, tuple] = {}  # expert_kind and the expert number's span, once per digit-zeroed name
     for c in classified:
-        t = c.tensor
-        if not c.is_parameter or t.name in dropped or t.name in seen:
+        name = c.tensor.name
+        if ("experts." not in name and "_exps" not in name) or c.kind == BUFFER:  # expert_kind's own first test
             continue
-        seen.add(t.name)
-        kind = expert_kind(t.name)
+        if name in dropped or name in seen:
+            continue
+        seen.add(name)
+        key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
+        plan = plans.get(key)
+        if plan is None:  # names equal but for their digits: same kind, expert number at the same characters
+            kind = expert_kind(name)
+            plan = plans[key] = (kind, PER_EXPERT.search(name).span(1) if kind == "per-expert" else None)
+        kind, span = plan
         if kind is None:
             continue
+        t = c.tensor
         kinds.add(kind)
         layer = c.layer or "-"  # classify already read the layer (with its encoder/decoder stack)
         per_layer[layer] = per_layer.get(layer, 0) + t.numel
-        if kind == "per-expert":
-            indices.setdefault(layer, set()).add(int(PER_EXPERT.search(t.name).group(1)))
+        if span is not None:
+            ix = indices.get(layer)
+            if ix is None:
+                ix = indices[layer] = set()
+            ix.add(int(name[span[0] : span[1]]))
         elif t.shape:
             leading.add(t.shape[0])
     if not per_layer:

@@ -27,15 +27,21 @@ HEAD_WEIGHTS = ("lm_head.weight", "embed_out.weight", "output.weight", "cls.pred
 LM_ARCH_MARKERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "WithLMHead", "ForMaskedLM", "ForPreTraining")
 
 
-def _expected_head(stored: set[str], config: Mapping | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """The output head's name when the files do not hold it, and bias ties that come with it (BERT, RoBERTa MLM)."""
-    if any(n.startswith("cls.predictions.") for n in stored):
+def _expected_head(prefixes: set[str], config: Mapping | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The output head's name when the files do not hold it, and bias ties that come with it (BERT, RoBERTa MLM).
+
+    ``prefixes``: which of ``_HEAD_PREFIXES`` begin some stored name."""
+    if "cls.predictions." in prefixes:
         return "cls.predictions.decoder.weight", (("cls.predictions.decoder.bias", "cls.predictions.bias"),)
-    if any(n.startswith("lm_head.") for n in stored):
+    if "lm_head." in prefixes:
         return "lm_head.decoder.weight", (("lm_head.decoder.bias", "lm_head.bias"),)
     if any(m in a for a in architectures(config) for m in LM_ARCH_MARKERS):
         return "lm_head.weight", ()
     return None, ()
+
+
+_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
+_HEAD_SET = frozenset(HEAD_WEIGHTS)
 
 
 class _Groups:
@@ -87,8 +93,20 @@ class _Groups:
 
 
 def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tuple[TieGroup, ...]:
-    stored = {c.tensor.name for c in classified}
-    by_name = {c.tensor.name: c for c in classified}
+    # one pass over every tensor; the rest looks at a handful of names
+    stored: set[str] = set()
+    prefixes: set[str] = set()
+    by_name: dict[str, Classified] = {}  # the last record of each possible head name
+    embeddings: list[Classified] = []  # 2-D token embedding parameters
+    for c in classified:
+        name = c.tensor.name
+        stored.add(name)
+        if name.startswith(_HEAD_PREFIXES):
+            prefixes.add(_HEAD_PREFIXES[0] if name.startswith(_HEAD_PREFIXES[0]) else _HEAD_PREFIXES[1])
+        if name in _HEAD_SET:
+            by_name[name] = c
+        if c.component == TOKEN_EMBEDDING and c.kind != BUFFER and len(c.tensor.shape) == 2:
+            embeddings.append(c)
     groups = _Groups()
 
     for g in checkpoint.ties:  # ties a reader saw directly (e.g. shared storage in a torch zip)
@@ -106,10 +124,8 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tup
         groups.join("token_embd.weight", "output.weight", GGUF_TIE)
 
     tied, how = tie_setting(checkpoint.config)
-    params = [c for c in classified if c.kind != BUFFER]
-    embeddings = [c for c in params if c.component == TOKEN_EMBEDDING and len(c.tensor.shape) == 2]
     embedding = min(embeddings, key=lambda c: (c.tensor.name.count("."), c.tensor.name), default=None)
-    head_name, bias_ties = _expected_head(stored, checkpoint.config)
+    head_name, bias_ties = _expected_head(prefixes, checkpoint.config)
     heads = [by_name[n] for n in HEAD_WEIGHTS if n in by_name and by_name[n].component == OUTPUT_HEAD]
     head = next((h for h in heads if h.tensor.name not in groups.parent), None) if heads else None
 
