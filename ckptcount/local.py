@@ -37,9 +37,9 @@ def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
     if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
         raise ShardIndexError(where, "has no 'weight_map' object")
     weight_map = obj["weight_map"]
-    for name, shard in weight_map.items():
-        if not isinstance(shard, str):
-            raise ShardIndexError(where, f"weight_map entry {name!r} is not a file name")
+    if set(map(type, weight_map.values())) - {str}:  # one C-level pass; the message then names the first entry
+        name = next(name for name, shard in weight_map.items() if not isinstance(shard, str))
+        raise ShardIndexError(where, f"weight_map entry {name!r} is not a file name")
     if not weight_map:
         raise ShardIndexError(where, "weight_map is empty")
     metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
@@ -49,7 +49,11 @@ def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
 def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: str) -> list[Finding]:
     """Disagreements between an index and the shard headers it names. Pure: testable on hand-built records."""
     findings: list[Finding] = []
-    located: dict[str, str] = {}  # name -> first shard holding it
+    # the common case, decided by C-level comparisons: every name once, each in the shard the index says
+    located = {t.name: shard for shard, read in reads.items() for t in read.tensors}
+    if located == weight_map and len(located) == sum(len(read.tensors) for read in reads.values()):
+        return findings
+    located = {}  # name -> first shard holding it
     again: dict[str, list[str]] = {}  # names stored in more than one shard -> every shard
     for shard, read in reads.items():
         for t in read.tensors:
@@ -60,8 +64,6 @@ def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: s
     def places(name: str) -> list[str]:
         return again.get(name) or ([located[name]] if name in located else [])
 
-    if located.keys() == weight_map.keys() and not again and all(located[n] == s for n, s in weight_map.items()):
-        return findings  # the common case, decided in one pass
     for name, shard in weight_map.items():
         where = places(name)
         if shard not in where:
@@ -184,8 +186,9 @@ def load_local(target: str) -> Checkpoint:
                 findings.append(Finding("unreferenced-shard", f"{p.name} is not named by {index}: not counted"))
 
     reads: dict[str, FileRead] = {}
+    real_root = root.resolve()
     for name in names:
-        file_path = inside(root, name, where(index)) if index is not None else root / name
+        file_path = inside(root, name, where(index), real_root) if index is not None else root / name
         reads[name] = read_file(LocalFile(file_path, where(name)), name, where(name))
 
     config = config_file = None

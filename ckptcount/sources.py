@@ -13,13 +13,15 @@ from pathlib import Path
 from .errors import ReadError, TargetNotFound, UnsafePath
 
 
-def inside(root: Path, name: str, where: str) -> Path:
-    """Resolve ``name`` (from an index or a listing) under ``root``; refuse anything that leaves it, symlinks included."""
+def inside(root: Path, name: str, where: str, real_root: Path | None = None) -> Path:
+    """Resolve ``name`` (from an index or a listing) under ``root``; refuse anything that leaves it, symlinks included.
+
+    ``real_root``: ``root.resolve()``, when the caller checks many names under one root."""
     if not name or os.path.isabs(name) or "\\" in name or "\x00" in name:
         raise UnsafePath(where, f"path {name!r} is not a plain relative path")
     if any(part == ".." for part in Path(name).parts):
         raise UnsafePath(where, f"path {name!r} leaves the checkpoint directory")
-    real_root = root.resolve()
+    real_root = real_root or root.resolve()
     path = (root / name).resolve()
     if path != real_root and real_root not in path.parents:
         raise UnsafePath(where, f"path {name!r} resolves outside the checkpoint directory")
