@@ -95,14 +95,17 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
     by_component: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_layer: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    stored_parameters: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    buffer_bytes: dict[str, int] = defaultdict(int)
     for (kind, component, layer, dt, counted), (k, n, nb) in agg.items():
         stored += n
-        acc = by_dtype[dt]
-        acc[0] += k
-        acc[1] += n
-        acc[2] += nb
+        for acc in (by_dtype[dt], stored_parameters[dt]) if kind != BUFFER else (by_dtype[dt],):
+            acc[0] += k
+            acc[1] += n
+            acc[2] += nb
         if kind == BUFFER:
             buffer_elements += n
+            buffer_bytes[component] += nb  # component: the buffer's reason, for buffers
         if not counted:
             continue
         parameters += n
@@ -124,7 +127,8 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         by_layer=MappingProxyType({k: Tally(*v) for k, v in sorted(by_layer.items(), key=lambda kv: _layer_key(kv[0]))}),
         by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(by_dtype.items())}),
         buffers=tuple(
-            BufferGroup(reason, len(ts), sum([t.numel for t in ts]), tuple([t.name for t in ts])) for reason, ts in buffers.items()
+            BufferGroup(reason, len(ts), sum([t.numel for t in ts]), tuple([t.name for t in ts]), buffer_bytes[reason])
+            for reason, ts in buffers.items()
         ),
         non_embedding=MappingProxyType(
             {
@@ -132,6 +136,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
                 "transformers": parameters - embedding,
             }
         ),
+        stored_parameters_by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(stored_parameters.items())}),
     )
 
 

@@ -285,28 +285,23 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     if prepared.scheme is None and not is_gguf:
         return None
     packed, metadata = prepared.packed, prepared.metadata
+    # From the counts' per-dtype and per-buffer-kind totals: no pass over the tensors (90,000-tensor FP8 repos).
+    # A packed tensor's dtype is its label (gptq-int4(I32)...), which no unpacked tensor has.
+    packed_types = {rec.dtype for rec in prepared.tensors if rec.name in packed} if packed else set()
     by_type: dict[str, dict] = {}
-    meta: list = []  # the metadata tensors
     p_bytes = q_tensors = q_elements = q_bytes = 0
-    for c in classified:  # one pass: 90,000-tensor FP8 repos
-        t = c.tensor
-        if c.kind == BUFFER:
-            if t.name in metadata:
-                meta.append(t)
-            continue
-        n, nb, dt = t.numel, t.nbytes, t.dtype
-        d = by_type.get(dt)
-        if d is None:
-            d = by_type[dt] = {"tensors": 0, "elements": 0, "bytes": 0}
-        d["tensors"] += 1
-        d["elements"] += n
-        d["bytes"] += nb
-        p_bytes += nb
-        if (dt not in UNQUANTIZED) if is_gguf else (dt.startswith("F8") or (packed and t.name in packed)):
-            q_tensors += 1
-            q_elements += n
-            q_bytes += nb
-    m_bytes = sum(t.nbytes for t in meta)
+    for dt, tally in counts.stored_parameters_by_dtype.items():
+        by_type[dt] = {"tensors": tally.tensors, "elements": tally.elements, "bytes": tally.bytes}
+        p_bytes += tally.bytes
+        if (dt not in UNQUANTIZED) if is_gguf else (dt.startswith("F8") or dt in packed_types):
+            q_tensors += tally.tensors
+            q_elements += tally.elements
+            q_bytes += tally.bytes
+    meta_reasons = set(metadata.values())
+    meta_groups = [b for b in counts.buffers if b.reason in meta_reasons]
+    m_tensors = sum(b.tensors for b in meta_groups)
+    m_bytes = sum(b.bytes for b in meta_groups)
+    m_names = list(metadata) if len(meta_groups) > 1 and m_tensors == len(metadata) else [n for b in meta_groups for n in b.names]
     for k, d in by_type.items():
         d["bits_per_weight"] = _bits(d["bytes"], d["elements"])
         if k in TYPE_BY_NAME and is_gguf:
@@ -330,14 +325,15 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     out.update(
         {
             "logical_parameters": counts.parameters,
-            "stored_elements_in_file": sum(t.numel for t in checkpoint.tensors if t.name not in packed)
-            + sum(t.numel for t in packed.values()),
+            "stored_elements_in_file": counts.stored_elements
+            if not packed
+            else sum(t.numel for t in checkpoint.tensors if t.name not in packed) + sum(t.numel for t in packed.values()),
             "quantized": {"tensors": q_tensors, "elements": q_elements, "bytes": q_bytes},
             "metadata": {
-                "tensors": len(meta),
-                "elements": sum(t.numel for t in meta),
+                "tensors": m_tensors,
+                "elements": sum(b.elements for b in meta_groups),
                 "bytes": m_bytes,
-                "names": [t.name for t in meta],
+                "names": m_names,  # in file order
             },
             "bits_per_weight": _bits(q_bytes + m_bytes, q_elements),
             "bits_per_parameter": _bits(p_bytes + m_bytes, counts.parameters),

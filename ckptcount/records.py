@@ -207,6 +207,7 @@ class BufferGroup:
     tensors: int
     elements: int
     names: tuple[str, ...]
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ class Counts:
     by_dtype: Mapping[str, DtypeTally]
     buffers: tuple[BufferGroup, ...]
     non_embedding: Mapping[str, int]
+    # every parameter tensor as stored, by dtype, tied duplicates included (quantization summaries: bytes per type)
+    stored_parameters_by_dtype: Mapping[str, DtypeTally] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
