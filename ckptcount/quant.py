@@ -159,8 +159,10 @@ def _mlx_bits(scheme: Scheme, stem: str) -> int | None:
     return scheme.bits
 
 
-def _logical(t: TensorRecord, scheme: Scheme, names: set[str]) -> tuple[tuple[int, ...], str] | None | str:
-    """The logical (shape, dtype label) of a packed tensor, None if ``t`` is not packed, or a message if it cannot be."""
+def _logical(t: TensorRecord, scheme: Scheme, names: set[str], parents: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[int, ...], str] | None | str:
+    """The logical (shape, dtype label) of a packed tensor, None if ``t`` is not packed, or a message if it cannot be.
+
+    ``parents``: for bitsandbytes 4-bit, every ``....weight`` that some other name continues (``.weight.absmax``)."""
     m, s = scheme.method, t.shape
     name = t.name
 
@@ -187,7 +189,7 @@ def _logical(t: TensorRecord, scheme: Scheme, names: set[str]) -> tuple[tuple[in
     if m == "mlx" and t.dtype == "U32" and name.endswith(".weight") and name[: -len(".weight")] + ".scales" in names:
         return words(_mlx_bits(scheme, name[: -len(".weight")]), "mlx", rows_packed=False)
     if m == "bnb-4bit" and t.dtype == "U8" and name.endswith(".weight"):
-        if any(n.startswith(name + ".") for n in names):
+        if name in parents:
             kind = str(scheme.raw.get("bnb_4bit_quant_type", "nf4"))
             return (t.numel * 2,), f"bnb-{kind}({t.dtype})"
     if m == "bnb-8bit" and t.dtype == "I8" and name.endswith(".weight") and name[: -len("weight")] + "SCB" in names:
@@ -227,7 +229,20 @@ _PACKED_ENDINGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "compressed-tensors": (".weight_packed", ".weight"),
     }
 )
+_NEEDS_NAMES = frozenset({"mlx", "bnb-4bit", "bnb-8bit", "compressed-tensors"})  # _meta_reason and _logical
 _HINT_ENDINGS = (".qweight", ".weight_packed", "_blocks")  # packed-looking names when no config names a method
+
+
+def _weight_parents(names) -> set[str]:
+    """Every ``<module>.weight`` that begins a longer name (``<module>.weight.absmax``): one scan of the names, not one
+    per weight (which was quadratic in the number of tensors)."""
+    out = set()
+    for n in names:
+        j = n.find(".weight.")
+        while j >= 0:
+            out.add(n[: j + 7])
+            j = n.find(".weight.", j + 1)
+    return out
 
 
 def prepare(checkpoint: Checkpoint) -> Prepared:
@@ -240,7 +255,9 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
         if hinted and not any(f.format == "gguf" for f in checkpoint.files):
             findings = (Finding("quantization", f"{len(hinted)} packed-looking tensors (e.g. {hinted[0]!r}) but no quantization_config: counted as stored"),)
         return Prepared(tensors, None, MappingProxyType({}), MappingProxyType({}), findings)
-    names = {t.name for t in tensors}
+    # which names exist: only the methods whose rules look at a tensor's neighbours need it
+    names = {t.name for t in tensors} if scheme.method in _NEEDS_NAMES else frozenset()
+    parents = _weight_parents(names) if scheme.method == "bnb-4bit" else frozenset()
     out, packed, metadata, findings = [], {}, {}, []
     meta_endings = _META.get(scheme.method, ())
     packed_endings = _PACKED_ENDINGS.get(scheme.method, ())
@@ -256,7 +273,7 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
         if not (packed_endings and name.endswith(packed_endings)):
             out.append(t)
             continue
-        logical = _logical(t, scheme, names)
+        logical = _logical(t, scheme, names, parents)
         if isinstance(logical, str):
             findings.append(Finding("quantization", logical))
         elif logical is not None and logical[0] is not None:
@@ -267,7 +284,7 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
         out.append(t)
     if not packed and scheme.method not in ("fp8",):
         findings.append(Finding("quantization", f"{scheme.evidence} but no packed tensors were recognised: counted as stored"))
-    return Prepared(tuple(out), scheme, MappingProxyType(packed), MappingProxyType(metadata), tuple(findings))
+    return Prepared(tuple(out) if packed else tensors, scheme, MappingProxyType(packed), MappingProxyType(metadata), tuple(findings))
 
 
 def _bits(nbytes: int, elements: int) -> float | None:
