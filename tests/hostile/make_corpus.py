@@ -94,6 +94,10 @@ def cases() -> list[dict]:
         # JSON nested 100,000 deep: recursive parsers overflow the C stack or hit RecursionError.
         dict(name="json-nesting-100k", files={"json-nesting-100k.safetensors": st('{"a":' + "[" * 100_000 + "]" * 100_000 + "}")},
              stderr="json-nesting-100k.safetensors: header JSON is nested too deeply"),
+        # an integer literal of 5,000 digits: Python's int() refuses more than 4,300 and json raises a bare ValueError.
+        dict(name="integer-5000-digits", files={"integer-5000-digits.safetensors": st(
+            '{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,4]}}', bytes(4))},
+             stderr="integer-5000-digits.safetensors: header is not valid JSON: an integer of more than 4300 digits"),
         # invalid UTF-8: a lone continuation byte inside a tensor name.
         dict(name="invalid-utf8", files={"invalid-utf8.safetensors": st(BAD_UTF8, bytes(4))},
              stderr=f"invalid-utf8.safetensors: header is not valid UTF-8 (byte 3 of {len(BAD_UTF8)})"),
