@@ -1,0 +1,5 @@
+"""``python -m ckptcount``: the same as the ``ckptcount`` command."""
+
+from .cli import main
+
+main()
