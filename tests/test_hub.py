@@ -188,6 +188,47 @@ def test_sharded_repo_without_listing_does_not_see_other_files(hub, tiny_sharded
     assert set(local.preflight.bytes_by_format) == {"safetensors", "pytorch"}
 
 
+def test_config_from_another_commit_than_the_index_is_fetched_again(hub, tiny_sharded):
+    """main moves between the config.json answer and the index answer: the index's commit is read, and config.json
+    again at it (its X-Repo-Commit named the old commit)."""
+    import threading
+
+    folder, oracle = tiny_sharded
+    files = load_dir(folder)
+    old_config = json.loads(files["config.json"])
+    repo = hub.add("test/moving", {**files, "config.json": json.dumps({**old_config, "marker": "old"}).encode()})
+    old_sha, new_sha = repo.sha, "e" * 40
+    hub.fault(r"model\.safetensors\.index\.json$", "sleep", times=1, seconds=0.6)  # the index is resolved late
+
+    def move() -> None:
+        while not any(r.path.endswith("config.json") for r in list(hub.log)):  # logged as its handler ends
+            threading.Event().wait(0.01)
+        repo.commits[old_sha] = dict(repo.files)
+        repo.files, repo.sha = {**files, "config.json": json.dumps({**old_config, "marker": "new"}).encode()}, new_sha
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    report = audit("test/moving")
+    mover.join()
+    assert report.checkpoint.origin["sha"] == new_sha
+    assert report.checkpoint.config["marker"] == "new" and report.counts.parameters == oracle
+    assert [r.path for r in hub.requests("hub", r"config\.json$")] == ["/test/moving/resolve/main/config.json", f"/test/moving/resolve/{new_sha}/config.json"]
+    assert hub.requests("hub", "^/api/") == []
+
+
+def test_index_probe_that_keeps_failing_falls_back_to_the_listing(hub, tiny_sharded):
+    """An index probe that spent its retries says nothing about what the repo holds: the listing decides, and since
+    the repo has an index, the probe's error is the audit's (the index is not fetched a second time)."""
+    folder, _ = tiny_sharded
+    hub.add("test/flaky", load_dir(folder))
+    hub.fault(r"model\.safetensors\.index\.json$", "status", times=99, status=503)
+    with pytest.raises(CkptError) as e:
+        audit("test/flaky")
+    assert str(e.value) == "test/flaky/model.safetensors.index.json: gave up after 5 tries (HTTP 503)"
+    assert len(hub.requests("hub", r"index\.json$")) == 5
+    assert len(hub.requests("hub", "^/api/models/")) == 1
+
+
 def test_shard_the_commit_lacks_is_found_by_its_404(hub, tiny_sharded):
     folder, _ = tiny_sharded
     files = load_dir(folder)
