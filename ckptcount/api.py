@@ -19,7 +19,7 @@ def analyse(checkpoint: Checkpoint) -> Report:
     """
     # imported here, not at start-up: a Hub audit imports them while its first requests are in flight (hub._warm_up)
     from . import moe, quant
-    from .classify import classify
+    from .classify import classify_all
     from .config import model_type
     from .count import count
     from .tying import find_ties
@@ -27,9 +27,10 @@ def analyse(checkpoint: Checkpoint) -> Report:
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
-    classified = classify(prepared.tensors, model_type(checkpoint.config), prepared.metadata)
-    ties = find_ties(checkpoint, classified)
-    counts = count(classified, ties)
+    index = classify_all(prepared.tensors, model_type(checkpoint.config), prepared.metadata)
+    classified = index.records
+    ties = find_ties(checkpoint, classified, index)
+    counts = count(classified, ties, index)
     return Report(
         checkpoint=checkpoint,
         classified=classified,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Mapping
 
 from .records import (
     ATTENTION,
     BIAS,
     BUFFER,
+    DTYPE_BITS,
     MLP,
     NON_FLOAT_DTYPES,
     NORM,
@@ -26,6 +28,7 @@ from .records import (
     POSITION_EMBEDDING,
     TOKEN_EMBEDDING,
     WEIGHT,
+    Classification,
     Classified,
     TensorRecord,
     classified,
@@ -203,6 +206,15 @@ def classify(
     model_type: str | None = None,
     buffers: Mapping[str, str] | None = None,
 ) -> tuple[Classified, ...]:
+    """Classify every tensor (see :func:`classify_all`, which also gathers what later stages look up)."""
+    return classify_all(tensors, model_type, buffers).records
+
+
+def classify_all(
+    tensors: tuple[TensorRecord, ...] | list[TensorRecord],
+    model_type: str | None = None,
+    buffers: Mapping[str, str] | None = None,
+) -> Classification:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
     Generic fallback for names no row knows: a vector whose stem has no matrix beside it is a norm scale/shift (a
@@ -211,8 +223,9 @@ def classify(
     names that are a buffer in most models and a parameter in some (``PARAMETER_IN``). ``buffers`` names tensors
     already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``).
 
-    One pass, the records built inline (see :func:`~ckptcount.records.classified`): this runs once per tensor of
-    repos with 90,000 of them.
+    One pass, the records built inline (see :func:`~ckptcount.records.classified`) and the :class:`Classification`
+    gathered as they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
+    90,000 of them.
     """
     plans: dict[bytes, tuple] = {}
     ranks: dict[str, int] | None = None  # max rank per stem, built only if some name is unknown to every row
@@ -220,6 +233,12 @@ def classify(
     kept_buffers = {reason for reason, types in PARAMETER_IN.items() if model_type in types}
     out = []
     append = out.append
+    names: set[str] = set()
+    add_name = names.add
+    parameters: dict[str, list] = {}
+    by_reason: dict[str, list] = {}
+    totals: dict[tuple, list[int]] = {}
+    bits = DTYPE_BITS
     for t in tensors:
         name = t.name
         key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
@@ -270,4 +289,64 @@ def classify(
         d["layer"] = layer
         d["reason"] = reason
         append(c)
-    return tuple(out)
+        # gather (the body of gather(), inline)
+        add_name(name)
+        n = t.numel
+        nb = t.stored_bytes
+        if nb is None:
+            nb = n * bits[dtype] // 8
+        if kind == BUFFER:
+            total_key = (BUFFER, reason, None, dtype)
+            group = by_reason.get(reason)
+            if group is None:
+                by_reason[reason] = [t]
+            else:
+                group.append(t)
+        else:
+            total_key = (kind, component, layer, dtype)
+            group = parameters.get(component)
+            if group is None:
+                parameters[component] = [c]
+            else:
+                group.append(c)
+        acc = totals.get(total_key)
+        if acc is None:
+            totals[total_key] = [1, n, nb]
+        else:
+            acc[0] += 1
+            acc[1] += n
+            acc[2] += nb
+    return _classification(tuple(out), names, parameters, totals, by_reason)
+
+
+def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification:
+    """The :class:`Classification` of records classified elsewhere (what :func:`classify_all` gathers inline)."""
+    names: set[str] = set()
+    parameters: dict[str, list] = {}
+    by_reason: dict[str, list] = {}
+    totals: dict[tuple, list[int]] = {}
+    for c in records:
+        t = c.tensor
+        names.add(t.name)
+        if c.kind == BUFFER:
+            total_key = (BUFFER, c.reason, None, t.dtype)
+            by_reason.setdefault(c.reason, []).append(t)
+        else:
+            total_key = (c.kind, c.component, c.layer, t.dtype)
+            parameters.setdefault(c.component, []).append(c)
+        acc = totals.setdefault(total_key, [0, 0, 0])
+        acc[0] += 1
+        acc[1] += t.numel
+        acc[2] += t.nbytes
+    return _classification(tuple(records), names, parameters, totals, by_reason)
+
+
+def _classification(records, names, parameters, totals, by_reason) -> Classification:
+    return Classification(
+        records=records,
+        names=names,
+        unique=len(names) == len(records),
+        parameters=MappingProxyType({k: tuple(v) for k, v in parameters.items()}),
+        totals=MappingProxyType(totals),
+        buffers=MappingProxyType({k: tuple(v) for k, v in by_reason.items()}),
+    )

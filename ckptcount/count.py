@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from types import MappingProxyType
 
-from .classify import component_of
+from .classify import component_of, gather
 from .records import (
     BIAS,
     BUFFER,
-    DTYPE_BITS,
     COMPONENTS,
     EMBEDDING_COMPONENTS,
     POSITION_EMBEDDING,
     TOKEN_EMBEDDING,
     WEIGHT,
     BufferGroup,
+    Classification,
     Classified,
     Counts,
     DtypeTally,
@@ -41,54 +41,45 @@ def counted_names(ties: tuple[TieGroup, ...]) -> tuple[set[str], dict[str, str]]
     return dropped, override
 
 
-def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Counts:
+def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index: Classification | None = None) -> Counts:
     """Parameters = every float tensor that is not a buffer, each name once, each tied group once.
 
     Nothing else is subtracted. ``untied_parameters`` adds back one copy per extra name of each tied group: the count
     if every tied name were its own tensor (gpt2: + vocab x d). Non-embedding counts follow two published conventions:
     nanoGPT's ``get_num_params`` subtracts the position embedding only; transformers'
     ``num_parameters(exclude_embeddings=True)`` subtracts every embedding table (token, position, token type...).
+
+    ``index``: classify's :class:`Classification` of these records (gathered here when not given). Its totals count
+    every tensor under its own classification; only tied names and names stored twice are re-filed, one by one.
     """
+    ix = index if index is not None else gather(classified)
     dropped, override = counted_names(ties)
-    # Names that need more than the common path: tied (dropped or relabelled) and the tie groups' counted members.
-    special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
-    unique = len({c.tensor.name for c in classified}) == len(classified)  # else: count each name once (seen)
-    seen: set[str] = set()
+    totals = {k: list(v) for k, v in ix.totals.items()}
+    uncounted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # stored parameters left out (tied, repeated)
     numel: dict[str, int] = {}
-    bits = DTYPE_BITS
-    # One pass, aggregating by (kind, component or buffer reason, layer, dtype, counted as a parameter); the totals
-    # are rolled up from the few hundred keys. This runs once per tensor of 90,000-tensor repos.
-    agg: dict[tuple, list[int]] = {}
-    buffers: dict[str, list] = {}
-    for c in classified:
-        t = c.tensor
-        name, dt, n = t.name, t.dtype, t.numel
-        nb = t.stored_bytes
-        if nb is None:
-            nb = n * bits[dt] // 8
-        kind = c.kind
-        if kind == BUFFER:
-            key = (BUFFER, c.reason, None, dt, False)
-            ts = buffers.get(c.reason)
-            if ts is None:
-                buffers[c.reason] = [t]
-            else:
-                ts.append(t)
-        elif unique and name not in special:
-            key = (kind, c.component, c.layer, dt, True)
-        else:
-            numel.setdefault(name, n)
+    # Names that need more than their own classification: tied (dropped or relabelled), the tie groups' counted
+    # members (their size gives the untied count), and every name when some name is stored twice.
+    special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
+    if special or not ix.unique:
+        seen: set[str] = set()  # with a name stored twice, its first record in file order is the one counted
+        for c in ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group):
+            t = c.tensor
+            name = t.name
+            if c.kind == BUFFER or (ix.unique and name not in special):
+                continue
+            numel.setdefault(name, t.numel)
+            nb = t.nbytes
+            acc = totals[(c.kind, c.component, c.layer, t.dtype)]
+            acc[0] -= 1
+            acc[1] -= t.numel
+            acc[2] -= nb
             if name in dropped or name in seen:
-                key = (kind, None, None, dt, False)
+                acc = uncounted[t.dtype]
             else:
                 seen.add(name)
-                key = (kind, override.get(name, c.component), c.layer, dt, True)
-        acc = agg.get(key)
-        if acc is None:
-            agg[key] = [1, n, nb]
-        else:
+                acc = totals.setdefault((c.kind, override.get(name, c.component), c.layer, t.dtype), [0, 0, 0])
             acc[0] += 1
-            acc[1] += n
+            acc[1] += t.numel
             acc[2] += nb
     parameters = stored = buffer_elements = 0
     kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements]
@@ -97,7 +88,15 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
     by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     stored_parameters: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     buffer_bytes: dict[str, int] = defaultdict(int)
-    for (kind, component, layer, dt, counted), (k, n, nb) in agg.items():
+    for dt, (k, n, nb) in uncounted.items():
+        stored += n
+        for acc in (by_dtype[dt], stored_parameters[dt]):
+            acc[0] += k
+            acc[1] += n
+            acc[2] += nb
+    for (kind, component, layer, dt), (k, n, nb) in totals.items():
+        if not k:
+            continue
         stored += n
         for acc in (by_dtype[dt], stored_parameters[dt]) if kind != BUFFER else (by_dtype[dt],):
             acc[0] += k
@@ -106,7 +105,6 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         if kind == BUFFER:
             buffer_elements += n
             buffer_bytes[component] += nb  # component: the buffer's reason, for buffers
-        if not counted:
             continue
         parameters += n
         for acc in (kinds[kind], by_component[component]) + ((by_layer[layer],) if layer is not None else ()):
@@ -128,7 +126,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...]) -> Cou
         by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(by_dtype.items())}),
         buffers=tuple(
             BufferGroup(reason, len(ts), sum([t.numel for t in ts]), tuple([t.name for t in ts]), buffer_bytes[reason])
-            for reason, ts in buffers.items()
+            for reason, ts in ix.buffers.items()
         ),
         non_embedding=MappingProxyType(
             {

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .classify import component_of
+from itertools import repeat
+
+from .classify import component_of, gather
 from .config import architectures, tie_setting
-from .records import OUTPUT_HEAD, TOKEN_EMBEDDING, BUFFER, Checkpoint, Classified, TieGroup
+from .records import OUTPUT_HEAD, TOKEN_EMBEDDING, Checkpoint, Classification, Classified, TieGroup
 
 ALIAS = "safetensors metadata alias (save_model)"
 CANDIDATE = "candidate: verify by content (embedding and head of equal shape and dtype, no config)"
@@ -92,21 +94,17 @@ class _Groups:
         return tuple(sorted(out, key=lambda g: g.names))
 
 
-def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...]) -> tuple[TieGroup, ...]:
-    # one pass over every tensor; the rest looks at a handful of names
-    stored: set[str] = set()
-    prefixes: set[str] = set()
-    by_name: dict[str, Classified] = {}  # the last record of each possible head name
-    embeddings: list[Classified] = []  # 2-D token embedding parameters
-    for c in classified:
-        name = c.tensor.name
-        stored.add(name)
-        if name.startswith(_HEAD_PREFIXES):
-            prefixes.add(_HEAD_PREFIXES[0] if name.startswith(_HEAD_PREFIXES[0]) else _HEAD_PREFIXES[1])
-        if name in _HEAD_SET:
-            by_name[name] = c
-        if c.component == TOKEN_EMBEDDING and c.kind != BUFFER and len(c.tensor.shape) == 2:
-            embeddings.append(c)
+def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...], index: Classification | None = None) -> tuple[TieGroup, ...]:
+    """Tie groups with their evidence. ``index``: classify's :class:`Classification` of ``classified`` (gathered here
+    when not given): the stored names and the parameters by component, so no pass over every record is needed."""
+    ix = index if index is not None else gather(classified)
+    stored = ix.names
+    prefixes = {p for p in _HEAD_PREFIXES if any(map(str.startswith, stored, repeat(p)))}
+    if ix.unique:  # a head name's only record; a head is never a buffer
+        by_name = {c.tensor.name: c for c in ix.parameters.get(OUTPUT_HEAD, ()) if c.tensor.name in _HEAD_SET}
+    else:  # the last record of each head name, as a dict of every name would keep
+        by_name = {c.tensor.name: c for c in ix.records if c.tensor.name in _HEAD_SET}
+    embeddings = [c for c in ix.parameters.get(TOKEN_EMBEDDING, ()) if len(c.tensor.shape) == 2]
     groups = _Groups()
 
     for g in checkpoint.ties:  # ties a reader saw directly (e.g. shared storage in a torch zip)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptcount.classify import classify, layer_of, split_suffix
+from ckptcount.classify import classify, classify_all, gather, layer_of, split_suffix
 from ckptcount.records import TensorRecord
 
 PARTS = ["h", "layers", "blocks", "encoder", "decoder", "mlp", "attn", "self_attn", "experts", "fc1", "fc3", "fc",
@@ -23,6 +23,7 @@ names = st.lists(st.sampled_from(PARTS), min_size=1, max_size=7).map(".".join)
 def test_a_batch_classifies_each_name_as_it_would_alone(entries, model_type):
     tensors = [TensorRecord(n, dt, shape, "f.safetensors") for n, shape, dt in entries]
     batch = classify(tensors, model_type)
+    assert classify_all(tensors, model_type) == gather(batch)  # what the pass gathers inline = gathered afterwards
     for t, c in zip(tensors, batch):
         stem = split_suffix(t.name)[0]  # with the tensors of its stem: the norm rule looks at their ranks
         alone = classify([t] + [x for x in tensors if split_suffix(x.name)[0] == stem and x is not t], model_type)[0]
@@ -35,3 +36,20 @@ def test_digits_inside_words_are_not_shared():
     out = classify([TensorRecord(n, "F32", (4, 4), "f") for n in names])
     assert [c.component for c in out] == ["mlp", "mlp", "mlp", "mlp", "other"]
     assert [c.layer for c in out] == ["1", "2", "3", None, None]
+
+
+def test_the_inline_gathering_matches_gathering_afterwards_on_real_checkpoints():
+    from conftest import FIXTURES
+
+    from ckptcount.api import load
+    from ckptcount.count import count
+    from ckptcount.tying import find_ties
+
+    for name in ("gpt2", "gpt2-medium"):
+        ck = load(str(FIXTURES / name))
+        index = classify_all(ck.tensors)
+        assert index == gather(index.records)
+        assert index.unique and len(index.names) == len(ck.tensors)
+        ties = find_ties(ck, index.records, index)
+        assert ties == find_ties(ck, index.records) and ties  # gpt2 ties wte to the absent lm_head
+        assert count(index.records, ties, index) == count(index.records, ties)
