@@ -37,7 +37,7 @@ def analyse(checkpoint: Checkpoint) -> Report:
         ties=ties,
         counts=counts,
         quantization=quant.summary(checkpoint, prepared, classified, counts),
-        moe=moe.summarize(checkpoint, classified, ties, counts),
+        moe=moe.summarize(checkpoint, classified, ties, counts, index),
     )
 
 

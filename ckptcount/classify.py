@@ -161,7 +161,7 @@ def _plan(name: str) -> tuple:
     characters, and when every digit is a whole part (``layers.12.mlp.experts.201.up_proj.weight``) the table lookup
     is the same too; when words hold digits (``blocks.3.mlp.fc1.weight``) the lookup depends on those digits only.
     Returns (lookup, or None when words hold digits; positions of the digits inside words; a cache of lookups by
-    those digits; the layer number's span or None; the stack or None).
+    those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's).
     """
     parts = name.split(".")
     numeric, pos = [], 0
@@ -180,9 +180,10 @@ def _plan(name: str) -> tuple:
         start = sum(len(p) + 1 for p in parts[: at[0]])
         layer_span = (start, start + len(parts[at[0]]))
     stack = None if at is None else at[1]
+    expert = "experts." in name or "_exps" in name  # may be a routed expert (moe.expert_kind's first test)
     if not word_digits:
-        return lookup, (), None, layer_span, stack
-    return None, tuple(word_digits), {}, layer_span, stack
+        return lookup, (), None, layer_span, stack, expert
+    return None, tuple(word_digits), {}, layer_span, stack, expert
 
 
 def _word_digit_lookup(name: str) -> tuple:
@@ -238,6 +239,7 @@ def classify_all(
     parameters: dict[str, list] = {}
     by_reason: dict[str, list] = {}
     totals: dict[tuple, list[int]] = {}
+    experts: list[Classified] = []
     bits = DTYPE_BITS
     for t in tensors:
         name = t.name
@@ -245,7 +247,7 @@ def classify_all(
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = _plan(name)
-        lookup, word_digits, by_digits, layer_span, stack = plan
+        lookup, word_digits, by_digits, layer_span, stack, expert = plan
         if lookup is None:  # digits inside words (fc1, fc2): the lookup depends on those digits alone
             digits = "".join([name[i] for i in word_digits])
             lookup = by_digits.get(digits)
@@ -309,6 +311,8 @@ def classify_all(
                 parameters[component] = [c]
             else:
                 group.append(c)
+            if expert:
+                experts.append(c)
         acc = totals.get(total_key)
         if acc is None:
             totals[total_key] = [1, n, nb]
@@ -316,7 +320,7 @@ def classify_all(
             acc[0] += 1
             acc[1] += n
             acc[2] += nb
-    return _classification(tuple(out), names, parameters, totals, by_reason)
+    return _classification(tuple(out), names, parameters, totals, by_reason, experts)
 
 
 def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification:
@@ -325,6 +329,7 @@ def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification
     parameters: dict[str, list] = {}
     by_reason: dict[str, list] = {}
     totals: dict[tuple, list[int]] = {}
+    experts: list[Classified] = []
     for c in records:
         t = c.tensor
         names.add(t.name)
@@ -334,14 +339,16 @@ def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification
         else:
             total_key = (c.kind, c.component, c.layer, t.dtype)
             parameters.setdefault(c.component, []).append(c)
+            if "experts." in t.name or "_exps" in t.name:
+                experts.append(c)
         acc = totals.setdefault(total_key, [0, 0, 0])
         acc[0] += 1
         acc[1] += t.numel
         acc[2] += t.nbytes
-    return _classification(tuple(records), names, parameters, totals, by_reason)
+    return _classification(tuple(records), names, parameters, totals, by_reason, experts)
 
 
-def _classification(records, names, parameters, totals, by_reason) -> Classification:
+def _classification(records, names, parameters, totals, by_reason, experts) -> Classification:
     return Classification(
         records=records,
         names=names,
@@ -349,4 +356,5 @@ def _classification(records, names, parameters, totals, by_reason) -> Classifica
         parameters=MappingProxyType({k: tuple(v) for k, v in parameters.items()}),
         totals=MappingProxyType(totals),
         buffers=MappingProxyType({k: tuple(v) for k, v in by_reason.items()}),
+        experts=tuple(experts),
     )

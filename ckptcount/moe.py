@@ -22,7 +22,7 @@ import re
 from typing import Mapping
 
 from .gguf import kv_value
-from .records import BUFFER, Checkpoint, Classified, Counts, TieGroup
+from .records import BUFFER, Checkpoint, Classification, Classified, Counts, TieGroup
 from .count import counted_names
 
 _ZERO = bytes.maketrans(b"123456789", b"000000000")
@@ -61,8 +61,12 @@ def expert_kind(name: str) -> str | None:
     return None
 
 
-def summarize(checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], counts: Counts) -> dict | None:
-    """The ``moe`` section of a report, or None when no routed experts are stored."""
+def summarize(
+    checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], counts: Counts, index: Classification | None = None
+) -> dict | None:
+    """The ``moe`` section of a report, or None when no routed experts are stored.
+
+    ``index``: classify's :class:`Classification` of ``classified``; only its expert candidates are looked at."""
     dropped, _ = counted_names(ties)
     per_layer: dict[str, int] = {}
     indices: dict[str, set[int]] = {}
@@ -70,7 +74,7 @@ def summarize(checkpoint: Checkpoint, classified: tuple[Classified, ...], ties: 
     kinds: set[str] = set()
     seen: set[str] = set()
     plans: dict[bytes, tuple] = {}  # expert_kind and the expert number's span, once per digit-zeroed name
-    for c in classified:
+    for c in index.experts if index is not None else classified:
         name = c.tensor.name
         if ("experts." not in name and "_exps" not in name) or c.kind == BUFFER:  # expert_kind's own first test
             continue

@@ -187,6 +187,7 @@ class Classification:
     parameters: Mapping[str, tuple[Classified, ...]]  # the parameters, by component, in order
     totals: Mapping[tuple, list[int]]  # (kind, component | buffer reason, layer | None, dtype) -> [tensors, elements, bytes]
     buffers: Mapping[str, tuple[TensorRecord, ...]]  # the buffer tensors, by reason, in order
+    experts: tuple[Classified, ...] = ()  # parameters whose names may be routed experts' ("experts.", "_exps"), in order
 
 
 @dataclass(frozen=True)
