@@ -179,8 +179,9 @@ _new = object.__new__
 _MAX_FAST_RANK = 16  # the fast path's product of at most 16 dims stays a small integer; longer shapes go to _tensor
 
 
-def _tensors(obj: dict, where: str, file: str) -> list[TensorRecord]:
-    """Every tensor of a decoded header, validated, in header order.
+def _tensors(obj: dict, where: str, file: str) -> tuple[list[TensorRecord], int | None]:
+    """Every tensor of a decoded header, validated, in header order; and where the data ends if, in that order, each
+    tensor starts where the one before ends (files written by ``safetensors`` are: then no sort is needed), else None.
 
     The common case (an object of exactly dtype, shape and data_offsets, all well-formed) is checked inline and its
     record built directly (the body of :func:`~ckptcount.records.tensor_record`): per-tensor function calls were most
@@ -190,6 +191,7 @@ def _tensors(obj: dict, where: str, file: str) -> list[TensorRecord]:
     out: list[TensorRecord] = []
     append = out.append
     bits_of = _BITS
+    position, contiguous = 0, True
     for name, info in obj.items():
         if type(info) is dict and len(info) == 3:
             dtype = info.get("dtype")
@@ -227,9 +229,16 @@ def _tensors(obj: dict, where: str, file: str) -> list[TensorRecord]:
                             d["storage"] = None
                             d["numel"] = numel
                             append(r)
+                            if begin != position:
+                                contiguous = False
+                            position = end
                             continue
-        append(_tensor(name, info, where, file))
-    return out
+        r = _tensor(name, info, where, file)
+        append(r)
+        if r.begin != position:
+            contiguous = False
+        position = r.end
+    return out, (position if contiguous else None)
 
 
 def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None = None) -> Header:
@@ -247,16 +256,17 @@ def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None
         metadata = {}
     elif not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise HeaderError(where, "__metadata__ must map strings to strings")
-    tensors = _tensors(obj, where, file)
-    tensors.sort(key=_BY_OFFSETS)
-    position, previous = 0, None
-    for t in tensors:
-        if t.begin != position:
-            before = f"{_q(previous.name)} ends at {position}" if previous else "the data section starts at 0"
-            gap = t.begin - position
-            what = f"a {gap}-byte hole" if gap > 0 else f"{-gap} bytes of overlap"
-            raise HeaderError(where, f"tensor {_q(t.name)} starts at byte {t.begin} but {before}: {what}")
-        position, previous = t.end, t
+    tensors, position = _tensors(obj, where, file)
+    if position is None:  # not contiguous in header order: sort by offsets, then say where it breaks, if it does
+        tensors.sort(key=_BY_OFFSETS)
+        position, previous = 0, None
+        for t in tensors:
+            if t.begin != position:
+                before = f"{_q(previous.name)} ends at {position}" if previous else "the data section starts at 0"
+                gap = t.begin - position
+                what = f"a {gap}-byte hole" if gap > 0 else f"{-gap} bytes of overlap"
+                raise HeaderError(where, f"tensor {_q(t.name)} starts at byte {t.begin} but {before}: {what}")
+            position, previous = t.end, t
     n = len(buf)
     header_only = False
     if file_size is not None:
