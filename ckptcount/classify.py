@@ -249,7 +249,7 @@ def classify_all(
             plan = plans[key] = _plan(name)
         lookup, word_digits, by_digits, layer_span, stack, expert = plan
         if lookup is None:  # digits inside words (fc1, fc2): the lookup depends on those digits alone
-            digits = "".join([name[i] for i in word_digits])
+            digits = name[word_digits[0]] if len(word_digits) == 1 else "".join([name[i] for i in word_digits])
             lookup = by_digits.get(digits)
             if lookup is None:
                 lookup = by_digits[digits] = _word_digit_lookup(name)
