@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from itertools import repeat
+from operator import methodcaller
 
 from .classify import component_of, gather
 from .config import architectures, tie_setting
@@ -99,7 +99,8 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...], index:
     when not given): the stored names and the parameters by component, so no pass over every record is needed."""
     ix = index if index is not None else gather(classified)
     stored = ix.names
-    prefixes = {p for p in _HEAD_PREFIXES if any(map(str.startswith, stored, repeat(p)))}
+    # the few names that start with a head prefix, found by one C-level filter over every name
+    prefixes = {p for n in filter(methodcaller("startswith", _HEAD_PREFIXES), stored) for p in _HEAD_PREFIXES if n.startswith(p)}
     if ix.unique:  # a head name's only record; a head is never a buffer
         by_name = {c.tensor.name: c for c in ix.parameters.get(OUTPUT_HEAD, ()) if c.tensor.name in _HEAD_SET}
     else:  # the last record of each head name, as a dict of every name would keep
