@@ -96,7 +96,7 @@ def audit(
     if checkpoint.origin or dtype or max_size is not None or fits is not None:
         from .preflight import preflight
 
-        pf = preflight(checkpoint, _listing(checkpoint), dtype=dtype, max_size=max_size, fits=fits)
+        pf = preflight(checkpoint, _listing(checkpoint), dtype=dtype, max_size=max_size, fits=fits, counts=report.counts)
         from dataclasses import replace
 
         report = replace(report, preflight=pf)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-from .records import NON_FLOAT_DTYPES, Checkpoint
+from .records import NON_FLOAT_DTYPES, Checkpoint, Counts
 
 # --dtype choices and their bits per element.
 DTYPES: Mapping[str, int] = MappingProxyType({"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int4": 4})
@@ -92,8 +92,19 @@ def memory_at(checkpoint: Checkpoint, bits: int | None) -> int:
     return total
 
 
-def preflight(checkpoint: Checkpoint, listing: Mapping[str, int | None] | None = None, *, dtype: str | None = None, max_size: int | None = None, fits: int | None = None) -> Preflight:
-    """Costs of ``checkpoint``; ``listing`` maps every file name of the repo or directory to its size."""
+def preflight(
+    checkpoint: Checkpoint,
+    listing: Mapping[str, int | None] | None = None,
+    *,
+    dtype: str | None = None,
+    max_size: int | None = None,
+    fits: int | None = None,
+    counts: Counts | None = None,
+) -> Preflight:
+    """Costs of ``checkpoint``; ``listing`` maps every file name of the repo or directory to its size.
+
+    ``counts``: the report's counts of this checkpoint, whose bytes by dtype already sum the stored tensors (one
+    record per stored tensor; packed ones keep their stored bytes), saving a pass over 90,000 tensors."""
     from .formats import format_of
 
     by_format: dict[str, int] = {}
@@ -105,7 +116,7 @@ def preflight(checkpoint: Checkpoint, listing: Mapping[str, int | None] | None =
             continue
         by_format[fmt] = by_format.get(fmt, 0) + (size or 0)
     download = sum(f.size or 0 for f in checkpoint.files)
-    stored = memory_at(checkpoint, None)
+    stored = sum(v.bytes for v in counts.by_dtype.values()) if counts is not None else memory_at(checkpoint, None)
     at = memory_at(checkpoint, DTYPES[dtype]) if dtype else None
     checks = []
     if max_size is not None:

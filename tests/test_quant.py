@@ -237,3 +237,16 @@ def test_scheme_of():
     s = scheme_of({"quantization_config": {"quant_method": "bitsandbytes", "_load_in_8bit": True}})
     assert s.method == "bnb-8bit"
     assert scheme_of({"quantization": {"bits": 6, "group_size": 64}}).method == "mlx"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_preflight_memory_from_the_counts_is_the_sum_over_stored_tensors(tmp_path, variant):
+    """The Hub path gives preflight the report's counts (one record per stored tensor, packed ones at their stored
+    bytes) instead of a pass over the tensors: the same bytes as summing every stored tensor, packed or not."""
+    from ckptcount.preflight import memory_at, preflight
+
+    folder, *_ , tensors = build(tmp_path, variant)
+    report = audit(str(folder), dtype="fp16")
+    with_counts = preflight(report.checkpoint, counts=report.counts, dtype="fp16")
+    assert with_counts.memory_stored == memory_at(report.checkpoint, None) == sum(nbytes(t) for t in tensors.values())
+    assert with_counts == preflight(report.checkpoint, dtype="fp16") == report.preflight
