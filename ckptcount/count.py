@@ -61,12 +61,22 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
     # members (their size gives the untied count), and every name when some name is stored twice.
     special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
     if special or not ix.unique:
+        chosen = [
+            c
+            for c in (ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group))
+            if c.kind != BUFFER and (not ix.unique or c.tensor.name in special)
+        ]
+        # A dropped name that views the storage of its group's counted member (torch.save of tied weights: one
+        # storage, two names) is not stored twice: it leaves the stored totals too.
+        kept_of = {n: g.stored[0] for g in ties if g.counted_once for n in g.stored[1:]}
+        storage_of: dict[str, tuple] = {}
+        for c in chosen:
+            if c.tensor.storage is not None:
+                storage_of.setdefault(c.tensor.name, (c.tensor.file, c.tensor.storage))
         seen: set[str] = set()  # with a name stored twice, its first record in file order is the one counted
-        for c in ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group):
+        for c in chosen:
             t = c.tensor
             name = t.name
-            if c.kind == BUFFER or (ix.unique and name not in special):
-                continue
             numel.setdefault(name, t.numel)
             nb = t.nbytes
             acc = totals[(c.kind, c.component, c.layer, t.dtype)]
@@ -74,6 +84,8 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
             acc[1] -= t.numel
             acc[2] -= nb
             if name in dropped or name in seen:
+                if t.storage is not None and storage_of.get(kept_of.get(name, "")) == (t.file, t.storage) and name in dropped:
+                    continue  # its elements are the kept tensor's, stored once
                 acc = uncounted[t.dtype]
             else:
                 seen.add(name)

@@ -82,9 +82,15 @@ class Preflight:
 
 
 def memory_at(checkpoint: Checkpoint, bits: int | None) -> int:
-    """Bytes of the stored tensors, floating ones at ``bits`` per element (None: as stored)."""
+    """Bytes of the stored tensors, floating ones at ``bits`` per element (None: as stored).
+
+    Names that a reader found viewing another's storage and counted once (torch.save of tied weights, views inside a
+    larger tensor: ``checkpoint.ties``) are one tensor in memory, counted once, as ``count`` does."""
+    views = {n for g in checkpoint.ties if g.counted_once for n in g.names[1:]}
     total = 0
     for t in checkpoint.tensors:
+        if views and t.name in views:
+            continue
         if bits is None or t.dtype in NON_FLOAT_DTYPES:
             total += t.nbytes
         else:

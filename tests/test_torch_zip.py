@@ -142,6 +142,12 @@ def test_parameters_equal_the_models_count(saved, name):
     # without config.json an untied embedding/head pair of one shape is at most a candidate, counted twice
     assert all(not g.counted_once for g in report.ties if g not in shared)
     assert report.checkpoint.findings == ()
+    # stored: each storage once, as torch loads it (tied names view one storage)
+    sd = torch.load(d / "pytorch_model.bin", mmap=True, weights_only=True)
+    storages = {v.untyped_storage().data_ptr(): v for v in sd.values()}
+    assert report.counts.stored_elements == sum(v.numel() for v in storages.values())
+    assert sum(v.bytes for v in report.counts.by_dtype.values()) == sum(v.untyped_storage().nbytes() for v in storages.values())
+    assert audit(str(d / "pytorch_model.bin"), dtype="fp16").preflight.memory_stored == sum(v.untyped_storage().nbytes() for v in storages.values())
 
 
 def test_view_counted_once_as_the_tensor_it_views(saved):
