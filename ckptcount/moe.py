@@ -69,7 +69,7 @@ def summarize(
     ``index``: classify's :class:`Classification` of ``classified``; only its expert candidates are looked at."""
     dropped, _ = counted_names(ties)
     per_layer: dict[str, int] = {}
-    indices: dict[str, set[int]] = {}
+    indices: dict[str, set] = {}  # layer -> expert numbers (digit strings while scanning)
     leading: set[int] = set()
     kinds: set[str] = set()
     seen: set[str] = set()
@@ -97,11 +97,12 @@ def summarize(
             ix = indices.get(layer)
             if ix is None:
                 ix = indices[layer] = set()
-            ix.add(int(name[span[0] : span[1]]))
+            ix.add(name[span[0] : span[1]])  # the digits; made numbers once per distinct string below
         elif t.shape:
             leading.add(t.shape[0])
     if not per_layer:
         return None
+    indices = {layer: {int(x) for x in strings} for layer, strings in indices.items()}
 
     notes: list[str] = []
     e_cfg, e_how = _config_value(checkpoint.config, E_KEYS)

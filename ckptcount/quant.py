@@ -229,6 +229,15 @@ _PACKED_ENDINGS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "compressed-tensors": (".weight_packed", ".weight"),
     }
 )
+# Methods whose metadata suffixes are each one dotted last part and need no neighbour (not MLX, not bitsandbytes
+# 4-bit): suffix -> reason, the same words as _meta_reason (FP8 repos hold 45,000 such tensors).
+_BY_LAST_PART: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        method: MappingProxyType({sfx: f"quantization metadata ({method} {sfx.lstrip('._')})" for sfx in suffixes})
+        for method, suffixes in _META.items()
+        if method not in ("mlx", "bnb-4bit") and all(sfx.startswith(".") and sfx.count(".") == 1 for sfx in suffixes)
+    }
+)
 _NEEDS_NAMES = frozenset({"mlx", "bnb-4bit", "bnb-8bit", "compressed-tensors"})  # _meta_reason and _logical
 _HINT_ENDINGS = (".qweight", ".weight_packed", "_blocks")  # packed-looking names when no config names a method
 
@@ -262,9 +271,17 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
     meta_endings = _META.get(scheme.method, ())
     packed_endings = _PACKED_ENDINGS.get(scheme.method, ())
     bnb4 = scheme.method == "bnb-4bit"
+    by_last = _BY_LAST_PART.get(scheme.method)
     for t in tensors:
         name = t.name
-        if (meta_endings and name.endswith(meta_endings)) or (bnb4 and ".weight.quant_state." in name):
+        if by_last is not None:  # the method's metadata is known by the name's last part alone: one dict lookup
+            dot = name.rfind(".")
+            reason = by_last.get(name[dot:]) if dot >= 0 else None
+            if reason is not None:
+                metadata[name] = reason
+                out.append(t)
+                continue
+        elif (meta_endings and name.endswith(meta_endings)) or (bnb4 and ".weight.quant_state." in name):
             reason = _meta_reason(name, scheme, names)
             if reason is not None:
                 metadata[name] = reason

@@ -250,3 +250,18 @@ def test_preflight_memory_from_the_counts_is_the_sum_over_stored_tensors(tmp_pat
     with_counts = preflight(report.checkpoint, counts=report.counts, dtype="fp16")
     assert with_counts.memory_stored == memory_at(report.checkpoint, None) == sum(nbytes(t) for t in tensors.values())
     assert with_counts == preflight(report.checkpoint, dtype="fp16") == report.preflight
+
+
+def test_metadata_by_last_part_agrees_with_the_suffix_rules():
+    """prepare() finds FP8/GPTQ/AWQ/bnb-8bit/compressed-tensors metadata by a dict lookup on the name's last part;
+    _meta_reason (the suffix loop) is the reference, on every suffix and near misses."""
+    from ckptcount.quant import _BY_LAST_PART, _META, Scheme, _meta_reason
+
+    for method, by_last in _BY_LAST_PART.items():
+        scheme = Scheme(method, 4, None, "test", {})
+        candidates = {s.lstrip(".") for sfxs in _META.values() for s in sfxs} | {"weight", "weight_scale_inv_x", "x_input_scale"}
+        for last in candidates:
+            for name in (f"model.layers.0.self_attn.q_proj.{last}", last, f"a.{last}.b", f"a.b{last}"):
+                dot = name.rfind(".")
+                fast = by_last.get(name[dot:]) if dot >= 0 else None
+                assert fast == _meta_reason(name, scheme, set()), (method, name)
