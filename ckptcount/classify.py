@@ -65,8 +65,9 @@ COMPONENT_ROWS: tuple[tuple[re.Pattern, str], ...] = (
     # t5 `layer_norm/final_layer_norm`, neox `input_layernorm/final_layer_norm`, qwen3 `q_norm/k_norm`, gguf `*_norm`
     (re.compile(r"(?:^|\.)(?:ln_\w+|ln|[\w]*norm[\w]*|[\w]*Norm[\w]*)$"), NORM),
     # output head: `lm_head` (most), neox `embed_out`, bert `cls.predictions.*`, roberta `lm_head.dense/decoder`,
-    # meta-llama / gguf `output`
-    (re.compile(r"^(?:lm_head(?:\..+)?|embed_out|cls\.predictions(?:\..+)?|(?:model\.)?output)$"), OUTPUT_HEAD),
+    # meta-llama / gguf `output`. The first three also under a prefix (`language_model.lm_head` in llava-style
+    # checkpoints, `state_dict.lm_head` in training checkpoints); `output` only at the top (bert has `attention.output`)
+    (re.compile(r"(?:^|\.)(?:lm_head(?:\..+)?|embed_out|cls\.predictions(?:\..+)?)$|^(?:model\.)?output$"), OUTPUT_HEAD),
     # attention: gpt2 `attn.c_attn/c_proj`, llama `self_attn.{q,k,v,o}_proj`, bert `attention.self.{query,key,value}`
     # and `attention.output.dense`, t5 `SelfAttention/EncDecAttention.{q,k,v,o}`, neox `attention.query_key_value`,
     # gguf `attn_q/attn_k/attn_v/attn_output`, falcon/bloom `self_attention.query_key_value`, bert decoder `crossattention`

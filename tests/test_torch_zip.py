@@ -217,6 +217,9 @@ def test_training_checkpoint_walked_to_full_paths_optimizer_state_separate(tmp_p
     assert reasons["optimizer state"].elements == opt_elems  # exp_avg, exp_avg_sq and the F32 'step' scalars
     assert reasons["training state"].names == ("callbacks.ModelCheckpoint{'monitor': 'val_loss'}.best_model_score",)
     assert report.checkpoint.findings == ()  # only allowlisted globals in this file
+    components = {c.tensor.name: c.component for c in report.classified}  # roles found under the walked root too
+    assert components["state_dict.model.lm_head.weight"] == "output_head"
+    assert components["state_dict.model.transformer.wte.weight"] == "token_embedding"
 
 
 def test_bare_optimizer_state_dict_is_not_parameters(tmp_path):
