@@ -29,6 +29,10 @@ HEAD_WEIGHTS = ("lm_head.weight", "embed_out.weight", "output.weight", "cls.pred
 LM_ARCH_MARKERS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "WithLMHead", "ForMaskedLM", "ForPreTraining")
 
 
+def _is_head_name(name: str) -> bool:
+    return name in _HEAD_SET or name.endswith(_PREFIXED_HEADS)
+
+
 def _expected_head(prefixes: set[str], config: Mapping | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
     """The output head's name when the files do not hold it, and bias ties that come with it (BERT, RoBERTa MLM).
 
@@ -44,6 +48,16 @@ def _expected_head(prefixes: set[str], config: Mapping | None) -> tuple[str | No
 
 _HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
 _HEAD_SET = frozenset(HEAD_WEIGHTS)
+# The same heads under a prefix (`language_model.lm_head.weight`); a bare `output.weight` only at the top.
+_PREFIXED_HEADS = tuple("." + h for h in HEAD_WEIGHTS if h != "output.weight")
+
+
+def _head_order(name: str) -> tuple[int, int]:
+    """Which stored head to pair with the embedding: the least nested, then HEAD_WEIGHTS order."""
+    for i, h in enumerate(HEAD_WEIGHTS):
+        if name == h or name.endswith("." + h):
+            return name[: len(name) - len(h)].count("."), i
+    return 1 << 30, 0
 
 
 class _Groups:
@@ -102,9 +116,9 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...], index:
     # the few names that start with a head prefix, found by one C-level filter over every name
     prefixes = {p for n in filter(methodcaller("startswith", _HEAD_PREFIXES), stored) for p in _HEAD_PREFIXES if n.startswith(p)}
     if ix.unique:  # a head name's only record; a head is never a buffer
-        by_name = {c.tensor.name: c for c in ix.parameters.get(OUTPUT_HEAD, ()) if c.tensor.name in _HEAD_SET}
+        by_name = {c.tensor.name: c for c in ix.parameters.get(OUTPUT_HEAD, ()) if _is_head_name(c.tensor.name)}
     else:  # the last record of each head name, as a dict of every name would keep
-        by_name = {c.tensor.name: c for c in ix.records if c.tensor.name in _HEAD_SET}
+        by_name = {c.tensor.name: c for c in ix.records if _is_head_name(c.tensor.name)}
     embeddings = [c for c in ix.parameters.get(TOKEN_EMBEDDING, ()) if len(c.tensor.shape) == 2]
     groups = _Groups()
 
@@ -125,7 +139,7 @@ def find_ties(checkpoint: Checkpoint, classified: tuple[Classified, ...], index:
     tied, how = tie_setting(checkpoint.config)
     embedding = min(embeddings, key=lambda c: (c.tensor.name.count("."), c.tensor.name), default=None)
     head_name, bias_ties = _expected_head(prefixes, checkpoint.config)
-    heads = [by_name[n] for n in HEAD_WEIGHTS if n in by_name and by_name[n].component == OUTPUT_HEAD]
+    heads = [by_name[n] for n in sorted(by_name, key=_head_order) if by_name[n].component == OUTPUT_HEAD]
     head = next((h for h in heads if h.tensor.name not in groups.parent), None) if heads else None
 
     if embedding is not None and tied is not False:

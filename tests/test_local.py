@@ -178,3 +178,28 @@ def test_integer_literals_past_pythons_digit_limit_are_invalid_json_not_a_crash(
         parse_index(raw, "i.json")
     with pytest.raises(ConfigError, match=r"^c\.json: not valid JSON \(ValueError\)$"):
         parse_config(b'{"vocab_size": ' + b"9" * 5000 + b"}", "c.json")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_prefixed_output_head_llava_style(tmp_path, tied):
+    """Older llava-style checkpoints keep the text model's head as `language_model.lm_head.weight`."""
+    head, span = safetensors_head(
+        {
+            "language_model.model.embed_tokens.weight": ("F32", [16, 8]),
+            "language_model.model.norm.weight": ("F32", [8]),
+            "language_model.lm_head.weight": ("F32", [16, 8]),
+        }
+    )
+    (tmp_path / "model.safetensors").write_bytes(head + bytes(span))
+    config = {"architectures": ["LlavaForConditionalGeneration"], "text_config": {"tie_word_embeddings": tied}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = audit(str(tmp_path))
+    components = {c.tensor.name: c.component for c in r.classified}
+    assert components["language_model.lm_head.weight"] == "output_head"
+    if not tied:
+        assert r.ties == () and r.counts.parameters == 16 * 8 * 2 + 8
+        assert r.counts.by_component["output_head"].elements == 16 * 8
+    else:
+        (g,) = r.ties
+        assert g.names == ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight") and g.counted_once
+        assert "head also stored" in g.evidence and r.counts.parameters == 16 * 8 + 8
