@@ -151,5 +151,9 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
 
 
 def _layer_key(layer: str) -> tuple:
+    """Layers in numeric order within their stack. The number comes from a tensor name: one longer than Python's
+    int() takes (4,300 digits) sorts after every other, by its digits, instead of raising."""
     stack, _, index = layer.rpartition(".")
-    return (stack, int(index))
+    if len(index) <= 100:
+        return (stack, 0, int(index), "")
+    return (stack, 1, len(index), index)

@@ -42,7 +42,8 @@ RETRY_BUDGET = 60.0  # seconds of waiting per request, all retries together
 TIMEOUT = 30.0  # seconds without progress (connect or read) before a try counts as failed
 ERROR_BODY_LIMIT = 65_536  # bytes of an error body read for the message
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+# at most 20 digits (2**64 has 20): a longer number is no byte position, and past 4,300 digits int() would raise
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*$", re.IGNORECASE)
 
 
 class AuthError(CkptError):
@@ -355,7 +356,7 @@ class HttpFile:
         else:
             self.range_ignored = True
             length = reply.headers.get("content-length")
-            if self._size is None and length and length.isdigit():
+            if self._size is None and length and length.isascii() and length.isdigit() and len(length) <= 20:
                 self._size = int(length)
         if reply.body:
             self._add(start, reply.body)

@@ -102,7 +102,9 @@ def summarize(
             leading.add(t.shape[0])
     if not per_layer:
         return None
-    indices = {layer: {int(x) for x in strings} for layer, strings in indices.items()}
+    # expert numbers from names; one of more than 18 digits is no expert index (and past 4,300 int() would refuse it)
+    indices = {layer: {int(x) for x in strings if len(x) <= 18} for layer, strings in indices.items()}
+    indices = {layer: ix for layer, ix in indices.items() if ix}
 
     notes: list[str] = []
     e_cfg, e_how = _config_value(checkpoint.config, E_KEYS)

@@ -228,11 +228,17 @@ def mutate_json(rng: random.Random, obj: object) -> object:
 
 
 def dumps(rng: random.Random, obj: object) -> bytes:
-    """Serialize a mutated document; sometimes nest one value 100,000 deep (beyond json.dumps, so spliced as text)."""
+    """Serialize a mutated document; sometimes nest one value 100,000 deep, or replace a number by one of 5,000 digits
+    (past Python's 4,300-digit int() limit), both beyond json.dumps, so spliced as text."""
     try:
         text = json.dumps(obj).encode()
     except (RecursionError, ValueError):
         text = b"{}"
+    if rng.random() < 0.02:
+        digits = [i for i in range(len(text)) if 48 <= text[i] <= 57 and (i == 0 or not 48 <= text[i - 1] <= 57)]
+        if digits:
+            at = rng.choice(digits)
+            text = text[:at] + b"9" * 5000 + text[at:]
     if rng.random() < 0.03:
         depth = rng.choice((1000, 100_000))
         at = text.find(b":") + 1

@@ -14,7 +14,8 @@ ckptcount call:
 
 Faults are injected per request with :meth:`HubServer.fault`: a status (429 with ``Retry-After``, 503...), a
 connection reset in the middle of a body, a body cut short by a clean close (``truncate``), a body that stalls halfway
-for ``seconds`` (``slow-body``), a server that ignores ``Range`` (200 and the whole body), and latency
+for ``seconds`` (``slow-body``), a server that ignores ``Range`` (200 and the whole body), headers of its own on a
+good answer (``headers``), and latency
 (:attr:`HubServer.latency` for every request). Every request is logged with its start and end time, so tests count
 requests and sequential round trips exactly.
 """
@@ -77,7 +78,7 @@ class Logged:
 @dataclass
 class Fault:
     match: str  # regex on the request path (without query)
-    action: str  # "status" | "reset" | "truncate" | "slow-body" | "ignore-range" | "sleep"
+    action: str  # "status" | "reset" | "truncate" | "slow-body" | "ignore-range" | "sleep" | "headers"
     times: int  # how many matching requests it applies to
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
@@ -369,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(416, b"", {"Content-Range": f"bytes */{size}"})
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+        if fault is not None and fault.action == "headers":  # a hostile server: its own headers on a good answer
+            headers = {**headers, **fault.headers}
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")

@@ -203,3 +203,21 @@ def test_prefixed_output_head_llava_style(tmp_path, tied):
         (g,) = r.ties
         assert g.names == ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight") and g.counted_once
         assert "head also stored" in g.evidence and r.counts.parameters == 16 * 8 + 8
+
+
+def test_layer_and_expert_numbers_of_thousands_of_digits(tmp_path):
+    """Layer and expert numbers come from names; past 4,300 digits Python's int() raises: neither may crash a count."""
+    big = "9" * 5000
+    head, span = safetensors_head(
+        {
+            f"h.{big}.mlp.c_fc.weight": ("F32", [4, 4]),
+            "h.2.mlp.c_fc.weight": ("F32", [4, 4]),
+            f"model.layers.0.mlp.experts.{big}.up_proj.weight": ("F32", [4, 4]),
+            "model.layers.0.mlp.experts.1.up_proj.weight": ("F32", [4, 4]),
+        }
+    )
+    (tmp_path / "model.safetensors").write_bytes(head + bytes(span))
+    r = audit(str(tmp_path))
+    assert r.counts.parameters == 64
+    assert list(r.counts.by_layer) == ["0", "2", big]  # numeric order; the giant number last
+    assert r.moe is not None and r.moe["routed_expert_parameters"] == 32

@@ -116,6 +116,15 @@ def test_range_ignored_reads_only_the_header_and_says_so(hub):
     assert [x.status for x in hub.requests("hub", FILE)] == [200] and hub.requests("cdn") == []
 
 
+@pytest.mark.parametrize("content_range", ["bytes 0-99999/" + "9" * 5000, "bytes " + "0" * 5000 + "-99999/14347"])
+def test_a_content_range_of_thousands_of_digits_is_a_one_line_error(hub, content_range):
+    """Python's int() refuses more than 4,300 digits with a bare ValueError: the reply is refused before any int()."""
+    hub.fault(FILE, "headers", times=99, host="cdn", headers={"Content-Range": content_range})
+    r = CliRunner().invoke(main, ["org/m"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit))  # no traceback
+    assert r.stderr.startswith("Error: org/m/model.safetensors: 206 with an invalid Content-Range") and r.stderr.count("\n") == 1
+
+
 def test_a_failing_probe_is_not_retried_twice(hub):
     """Regression: a probe of model.safetensors that used up its 5 tries was redone at the resolved commit, 5 more
     (10 tries and twice the back-off for one file). It is now raised when the file is needed."""
