@@ -53,46 +53,8 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
     every tensor under its own classification; only tied names and names stored twice are re-filed, one by one.
     """
     ix = index if index is not None else gather(classified)
-    dropped, override = counted_names(ties)
     totals = {k: list(v) for k, v in ix.totals.items()}
-    uncounted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # stored parameters left out (tied, repeated)
-    numel: dict[str, int] = {}
-    # Names that need more than their own classification: tied (dropped or relabelled), the tie groups' counted
-    # members (their size gives the untied count), and every name when some name is stored twice.
-    special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
-    if special or not ix.unique:
-        chosen = [
-            c
-            for c in (ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group))
-            if c.kind != BUFFER and (not ix.unique or c.tensor.name in special)
-        ]
-        # A dropped name that views the storage of its group's counted member (torch.save of tied weights: one
-        # storage, two names) is not stored twice: it leaves the stored totals too.
-        kept_of = {n: g.stored[0] for g in ties if g.counted_once for n in g.stored[1:]}
-        storage_of: dict[str, tuple] = {}
-        for c in chosen:
-            if c.tensor.storage is not None:
-                storage_of.setdefault(c.tensor.name, (c.tensor.file, c.tensor.storage))
-        seen: set[str] = set()  # with a name stored twice, its first record in file order is the one counted
-        for c in chosen:
-            t = c.tensor
-            name = t.name
-            numel.setdefault(name, t.numel)
-            nb = t.nbytes
-            acc = totals[(c.kind, c.component, c.layer, t.dtype)]
-            acc[0] -= 1
-            acc[1] -= t.numel
-            acc[2] -= nb
-            if name in dropped or name in seen:
-                if t.storage is not None and storage_of.get(kept_of.get(name, "")) == (t.file, t.storage) and name in dropped:
-                    continue  # its elements are the kept tensor's, stored once
-                acc = uncounted[t.dtype]
-            else:
-                seen.add(name)
-                acc = totals.setdefault((c.kind, override.get(name, c.component), c.layer, t.dtype), [0, 0, 0])
-            acc[0] += 1
-            acc[1] += t.numel
-            acc[2] += nb
+    uncounted, numel = _refile(ix, ties, totals)
     parameters = stored = buffer_elements = 0
     kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements]
     by_component: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -148,6 +110,53 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
         ),
         stored_parameters_by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(stored_parameters.items())}),
     )
+
+
+def _refile(ix: Classification, ties: tuple[TieGroup, ...], totals: dict[tuple, list[int]]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Move the tensors that need more than their own classification to where they count, in ``totals``.
+
+    Those are tied names (dropped from the count, or relabelled as the token embedding), the tie groups' counted
+    members (their size gives the untied count), and every name when some name is stored twice (the first record in
+    file order counts). Returns the stored parameters left out of the count, by dtype, and the counted members' sizes.
+    A dropped name that views the storage of its group's counted member (``torch.save`` of tied weights: one storage,
+    two names) is not stored twice: it leaves the stored totals as well.
+    """
+    dropped, override = counted_names(ties)
+    uncounted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    numel: dict[str, int] = {}
+    special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
+    if not special and ix.unique:
+        return uncounted, numel
+    chosen = [
+        c
+        for c in (ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group))
+        if c.kind != BUFFER and (not ix.unique or c.tensor.name in special)
+    ]
+    kept_of = {n: g.stored[0] for g in ties if g.counted_once for n in g.stored[1:]}
+    storage_of: dict[str, tuple] = {}
+    for c in chosen:
+        if c.tensor.storage is not None:
+            storage_of.setdefault(c.tensor.name, (c.tensor.file, c.tensor.storage))
+    seen: set[str] = set()
+    for c in chosen:
+        t = c.tensor
+        name, n, nb = t.name, t.numel, t.nbytes
+        numel.setdefault(name, n)
+        acc = totals[(c.kind, c.component, c.layer, t.dtype)]
+        acc[0] -= 1
+        acc[1] -= n
+        acc[2] -= nb
+        if name in dropped and t.storage is not None and storage_of.get(kept_of.get(name)) == (t.file, t.storage):
+            continue  # its elements are the counted member's, stored once
+        if name in dropped or name in seen:
+            acc = uncounted[t.dtype]
+        else:
+            seen.add(name)
+            acc = totals.setdefault((c.kind, override.get(name, c.component), c.layer, t.dtype), [0, 0, 0])
+        acc[0] += 1
+        acc[1] += n
+        acc[2] += nb
+    return uncounted, numel
 
 
 def _layer_key(layer: str) -> tuple:
