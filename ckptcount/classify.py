@@ -165,12 +165,10 @@ def _plan(name: str) -> tuple:
     those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's).
     """
     parts = name.split(".")
-    numeric, pos = [], 0
-    word_digits: list[int] = []
+    pos = 0
+    word_digits: list[int] = []  # where the digits inside words are (whole numeric parts are zeroed, not looked at)
     for p in parts:
-        if p.isdecimal():
-            numeric.append(pos)
-        else:
+        if not p.isdecimal():
             word_digits.extend(pos + i for i, ch in enumerate(p) if ch in _ASCII_DIGITS)
         pos += len(p) + 1
     shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])
