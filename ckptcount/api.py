@@ -96,7 +96,15 @@ def audit(
     if checkpoint.origin or dtype or max_size is not None or fits is not None:
         from .preflight import preflight
 
-        pf = preflight(checkpoint, _listing(checkpoint), dtype=dtype, max_size=max_size, fits=fits, counts=report.counts)
+        pf = preflight(
+            checkpoint,
+            _listing(checkpoint),
+            dtype=dtype,
+            max_size=max_size,
+            fits=fits,
+            counts=report.counts,
+            listing_complete=checkpoint.origin.get("listed", True) is not False,
+        )
         from dataclasses import replace
 
         report = replace(report, preflight=pf)

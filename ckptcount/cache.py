@@ -107,23 +107,29 @@ def load(endpoint: str, repo: str, sha: str, sub: str) -> dict | None:
         return None
 
 
-def save(endpoint: str, repo: str, sha: str, sub: str, *, listing: dict[str, int | None], config: bytes | None, index: bytes | None, files: dict[str, dict]) -> None:
-    """Write one entry: ``files`` maps a file name to {"size": int, "segments": [(offset, bytes-like), ...]}."""
+def save(
+    endpoint: str, repo: str, sha: str, sub: str, *, listing: dict[str, int | None], config: bytes | None, index: bytes | None,
+    files: dict[str, dict], listed: bool = True,
+) -> None:
+    """Write one entry: ``files`` maps a file name to {"size": int, "segments": [(offset, bytes-like), ...]}.
+
+    ``listed``: ``listing`` is the repo's listing; False when it only names the files read (a sharded repo read
+    without the listing). Entries written before this flag existed were all listed."""
     try:
-        _write_atomic(_repo_dir(endpoint, repo) / _entry_name(sha, sub), entry_bytes(repo, sha, sub, listing, config, index, files))
+        _write_atomic(_repo_dir(endpoint, repo) / _entry_name(sha, sub), entry_bytes(repo, sha, sub, listing, config, index, files, listed))
     except OSError:
         pass
 
 
-def entry_bytes(repo: str, sha: str, sub: str, listing: dict, config, index, files: dict[str, dict]) -> list[bytes]:
+def entry_bytes(repo: str, sha: str, sub: str, listing: dict, config, index, files: dict[str, dict], listed: bool = True) -> list[bytes]:
     """The entry's JSON text, as pieces to write one after the other.
 
-    The same document as ``json.dumps`` of {version, repo, sha, sub, listing, config, index, files} with the bytes in
+    The same document as ``json.dumps`` of {version, repo, sha, sub, listing, listed, config, index, files} with the bytes in
     base64, but the base64 text (which never needs escaping) is spliced in as it comes from ``b64encode`` instead of
     going through the JSON encoder as str: for a 90k-tensor repo (12 MB of headers, 26 MB of JSON) that is 0.05 s of
     encoding instead of 0.3 s, and no 26 MB string joined in memory.
     """
-    head = json.dumps({"version": VERSION, "repo": repo, "sha": sha, "sub": sub, "listing": listing}, separators=(",", ":"))
+    head = json.dumps({"version": VERSION, "repo": repo, "sha": sha, "sub": sub, "listing": listing, "listed": listed}, separators=(",", ":"))
     parts: list[bytes] = [head[:-1].encode(), b',"config":', *_blob(config), b',"index":', *_blob(index), b',"files":{']
     for i, (name, f) in enumerate(files.items()):
         parts.append((("," if i else "") + json.dumps(name) + ':{"size":' + json.dumps(f["size"]) + ',"segments":[').encode())

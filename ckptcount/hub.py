@@ -366,7 +366,7 @@ class _Hub:
         for n, src in sources.items():
             if src.range_ignored:
                 findings.append(Finding("range-ignored", f"{src.name}: the server ignored Range and sent the whole file; read {src.bytes_read} bytes, then closed the connection"))
-        ck = self.finish(reads, config_raw, index, weight_map, index_meta, findings, here, sha)
+        ck = self.finish(reads, config_raw, index, weight_map, index_meta, findings, here, sha, listed=listed)
         cache.save(
             t.endpoint,
             t.repo,
@@ -376,11 +376,12 @@ class _Hub:
             config=config_raw,
             index=index_raw,
             files={n: {"size": s.size(), "segments": [(o, s.view(o, ln)) for o, ln in cache.merge_ranges(s.served)]} for n, s in sources.items()},
+            listed=listed,
         )
         cache.save_ref(t.endpoint, t.repo, self.rev, sha)
         return ck
 
-    def finish(self, reads, config_raw, index, weight_map, index_meta, findings, here, sha) -> Checkpoint:
+    def finish(self, reads, config_raw, index, weight_map, index_meta, findings, here, sha, listed: bool = True) -> Checkpoint:
         folder = self.folder
         prefix = f"{folder}/" if folder else ""
         config = None
@@ -407,6 +408,7 @@ class _Hub:
             "requests": c.requests if c else 0,
             "bytes_received": c.bytes if c else 0,
             "listing": MappingProxyType(dict(here)),
+            "listed": listed,  # False: `listing` names only the files read (a sharded repo read without the listing)
         }
         return replace(ck, origin=MappingProxyType(origin))
 
@@ -443,7 +445,7 @@ class _Hub:
                 reads[n] = read_file(src, n, self.where(prefix + n))
             except cache.CacheMiss:
                 return self._refetch(sha)
-        return self.finish(reads, entry["config"], index, weight_map, index_meta, findings, here, sha)
+        return self.finish(reads, entry["config"], index, weight_map, index_meta, findings, here, sha, listed=entry.get("listed", True) is not False)
 
     def _refetch(self, sha: str) -> Checkpoint:
         if offline():

@@ -75,6 +75,7 @@ class Preflight:
     dtype: str | None
     memory_at_dtype: int | None
     checks: tuple[Check, ...] = ()
+    listing_complete: bool = True  # bytes_by_format covers every file; False: only the counted ones (Hub, sharded, unlisted)
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -106,6 +107,7 @@ def preflight(
     max_size: int | None = None,
     fits: int | None = None,
     counts: Counts | None = None,
+    listing_complete: bool = True,
 ) -> Preflight:
     """Costs of ``checkpoint``; ``listing`` maps every file name of the repo or directory to its size.
 
@@ -129,12 +131,13 @@ def preflight(
         checks.append(Check("--max-size", max_size, download, "download"))
     if fits is not None:
         checks.append(Check("--fits", fits, at if at is not None else stored, f"memory at {dtype}" if dtype else "memory at stored dtypes"))
-    return Preflight(MappingProxyType(by_format), download, stored, dtype, at, tuple(checks))
+    return Preflight(MappingProxyType(by_format), download, stored, dtype, at, tuple(checks), listing_complete)
 
 
 def to_dict(p: Preflight) -> dict:
     return {
         "bytes_by_format": dict(p.bytes_by_format),
+        "bytes_by_format_covers": "every file" if p.listing_complete else "the counted files (repo not listed)",
         "download_bytes": p.download_bytes,
         "memory_bytes": {"stored": p.memory_stored, **({p.dtype: p.memory_at_dtype} if p.dtype else {})},
         "checks": [{"option": c.option, "limit": c.limit, "value": c.value, "measures": c.measures, "ok": c.ok} for c in p.checks],
@@ -142,7 +145,8 @@ def to_dict(p: Preflight) -> dict:
 
 
 def rows(p: Preflight) -> list[tuple[str, str]]:
-    out = [(f"files {fmt} (all in repo)", f"{n:,}") for fmt, n in p.bytes_by_format.items()]
+    scope = "all in repo" if p.listing_complete else "counted; repo not listed"
+    out = [(f"files {fmt} ({scope})", f"{n:,}") for fmt, n in p.bytes_by_format.items()]
     out.append(("download (counted files)", f"{p.download_bytes:,}"))
     out.append(("memory at stored dtype", f"{p.memory_stored:,}"))
     if p.dtype:

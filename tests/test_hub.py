@@ -158,6 +158,7 @@ def test_sharded_repo_costs_shards_plus_two_requests(hub, tiny_sharded, monkeypa
     assert [r.path for r in hub.settled()] == ["/api/models/test/tiny-sharded/revision/main"]
     assert again.checkpoint.origin["cached"] is True and _comparable(again) == _comparable(report)
     assert (again.preflight.bytes_by_format, again.preflight.download_bytes) == ({"safetensors": sizes}, sizes)
+    assert not report.preflight.listing_complete and not again.preflight.listing_complete  # the cache keeps it
     hub.reset_log()
     assert audit(f"test/tiny-sharded@{repo.sha}").counts.parameters == oracle
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -179,6 +180,11 @@ def test_sharded_repo_without_listing_does_not_see_other_files(hub, tiny_sharded
     sizes = sum(len(files[s]) for s in shards)
     assert report.preflight.bytes_by_format == {"safetensors": sizes}
     assert hub.requests("hub", "^/api/") == []
+    # ... and says so, in the table and the JSON
+    r = CliRunner().invoke(main, ["test/both", "--format", "json"])
+    assert json.loads(r.stdout)["targets"][0]["preflight"]["bytes_by_format_covers"] == "the counted files (repo not listed)"
+    table = CliRunner().invoke(main, ["test/both"]).stdout
+    assert "files safetensors (counted; repo not listed)" in table and "(all in repo)" not in table
     # The same files on disk: the directory listing is free, so the local report says what else is there.
     for name, data in {**files, **extra}.items():
         (tmp_path / name).write_bytes(data)
@@ -468,6 +474,7 @@ def test_preflight_json_and_checks(hub):
     stored = 137_022_720  # FACTS: stored elements, all F32
     assert pf == {
         "bytes_by_format": {"safetensors": 14_347},
+        "bytes_by_format_covers": "every file",
         "download_bytes": 14_347,
         "memory_bytes": {"stored": stored * 4, "bf16": stored * 2},
         "checks": [

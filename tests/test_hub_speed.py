@@ -153,7 +153,7 @@ def test_cache_entry_is_the_json_document_it_always_was(tmp_path, monkeypatch):
     sha = "a" * 40
     got = b"".join(cache.entry_bytes("o/r", sha, "sub/dir", listing, config, index, {n: {"size": f["size"], "segments": [(o, memoryview(d)) for o, d in f["segments"]]} for n, f in files.items()}))
     oracle = {
-        "version": cache.VERSION, "repo": "o/r", "sha": sha, "sub": "sub/dir", "listing": listing,
+        "version": cache.VERSION, "repo": "o/r", "sha": sha, "sub": "sub/dir", "listing": listing, "listed": True,
         "config": base64.b64encode(config).decode(), "index": None,
         "files": {n: {"size": f["size"], "segments": [[o, base64.b64encode(d).decode()] for o, d in f["segments"]]} for n, f in files.items()},
     }
