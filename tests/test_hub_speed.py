@@ -77,8 +77,8 @@ def test_shard_headers_across_the_first_block_same_requests_and_counts(server):
         else:  # exactly the rest of the header, fetched by the worker before the parse
             assert ranges == [f"bytes=0-{FIRST_BLOCK - 1}", f"bytes={FIRST_BLOCK}-{8 + n - 1}"], name
         assert len(server.requests("hub", name + "$")) == 1  # one redirect per shard, later reads go to the CDN
-    # config.json (404) and the index, then per shard its 302 and its CDN reads (no listing, no single-file probe)
-    assert len(server.settled()) == 2 + len(headers) + len(cdn)
+    # config.json (404), the index and the single-file probe (404), then per shard its 302 and its CDN reads (no listing)
+    assert len(server.settled()) == 3 + len(headers) + len(cdn)
     assert report.checkpoint.origin["requests"] == len(server.settled())
 
 
