@@ -166,7 +166,6 @@ class _Hub:
         self.rev = t.revision or "main"
         self.folder = posixpath.dirname(t.path) if t.is_file else t.path
         self.client = None
-        self.sha: str | None = None
         self.cached = False
 
     # -- naming
