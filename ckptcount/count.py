@@ -54,7 +54,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
     """
     ix = index if index is not None else gather(classified)
     totals = {k: list(v) for k, v in ix.totals.items()}
-    uncounted, numel = _refile(ix, ties, totals)
+    uncounted, numel, views = _refile(ix, ties, totals)
     parameters = stored = buffer_elements = 0
     kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # [tensors, elements]
     by_component: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -84,7 +84,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
         for acc in (kinds[kind], by_component[component]) + ((by_layer[layer],) if layer is not None else ()):
             acc[0] += k
             acc[1] += n
-    untied = parameters + sum((len(g.names) - 1) * numel[g.stored[0]] for g in ties if g.counted_once and g.stored)
+    untied = parameters + sum((len(g.names) - 1) * numel[g.stored[0]] for g in ties if g.counted_once and g.stored and g.stored[0] in numel)
     weights, biases = Tally(*kinds[WEIGHT]), Tally(*kinds[BIAS])
     component = {k: Tally(*by_component[k]) if k in by_component else Tally() for k in COMPONENTS}
     embedding = sum(component[k].elements for k in EMBEDDING_COMPONENTS)
@@ -109,24 +109,29 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
             }
         ),
         stored_parameters_by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(stored_parameters.items())}),
+        stored_as_views=tuple(views),
     )
 
 
-def _refile(ix: Classification, ties: tuple[TieGroup, ...], totals: dict[tuple, list[int]]) -> tuple[dict[str, list[int]], dict[str, int]]:
+def _refile(
+    ix: Classification, ties: tuple[TieGroup, ...], totals: dict[tuple, list[int]]
+) -> tuple[dict[str, list[int]], dict[str, int], list[str]]:
     """Move the tensors that need more than their own classification to where they count, in ``totals``.
 
     Those are tied names (dropped from the count, or relabelled as the token embedding), the tie groups' counted
     members (their size gives the untied count), and every name when some name is stored twice (the first record in
-    file order counts). Returns the stored parameters left out of the count, by dtype, and the counted members' sizes.
-    A dropped name that views the storage of its group's counted member (``torch.save`` of tied weights: one storage,
-    two names) is not stored twice: it leaves the stored totals as well.
+    file order counts). Returns the stored parameters left out of the count, by dtype; the counted members' sizes
+    (parameters only: a tie among buffers adds nothing to the untied parameter count); and the names not stored
+    apart. A dropped parameter name that views the storage of its group's counted member (``torch.save`` of tied
+    weights: one storage, two names) is not stored twice: it leaves the stored totals as well.
     """
     dropped, override = counted_names(ties)
     uncounted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     numel: dict[str, int] = {}
     special = dropped | override.keys() | {g.stored[0] for g in ties if g.counted_once and g.stored}
+    views: list[str] = []
     if not special and ix.unique:
-        return uncounted, numel
+        return uncounted, numel, views
     chosen = [
         c
         for c in (ix.records if not ix.unique else (c for group in ix.parameters.values() for c in group))
@@ -147,6 +152,7 @@ def _refile(ix: Classification, ties: tuple[TieGroup, ...], totals: dict[tuple, 
         acc[1] -= n
         acc[2] -= nb
         if name in dropped and t.storage is not None and storage_of.get(kept_of.get(name)) == (t.file, t.storage):
+            views.append(name)
             continue  # its elements are the counted member's, stored once
         if name in dropped or name in seen:
             acc = uncounted[t.dtype]
@@ -156,7 +162,7 @@ def _refile(ix: Classification, ties: tuple[TieGroup, ...], totals: dict[tuple, 
         acc[0] += 1
         acc[1] += n
         acc[2] += nb
-    return uncounted, numel
+    return uncounted, numel, views
 
 
 def _layer_key(layer: str) -> tuple:

@@ -103,7 +103,7 @@ def summarize(
     if not per_layer:
         return None
     # expert numbers from names; one of more than 18 digits is no expert index (and past 4,300 int() would refuse it)
-    indices = {layer: {int(x) for x in strings if len(x) <= 18} for layer, strings in indices.items()}
+    indices = {layer: {int(x) for x in strings if len(x.lstrip("0")) <= 18} for layer, strings in indices.items()}
     indices = {layer: ix for layer, ix in indices.items() if ix}
 
     notes: list[str] = []

@@ -82,12 +82,11 @@ class Preflight:
         return tuple(c for c in self.checks if not c.ok)
 
 
-def memory_at(checkpoint: Checkpoint, bits: int | None) -> int:
+def memory_at(checkpoint: Checkpoint, bits: int | None, views: frozenset[str] | set[str] = frozenset()) -> int:
     """Bytes of the stored tensors, floating ones at ``bits`` per element (None: as stored).
 
-    Names that a reader found viewing another's storage and counted once (torch.save of tied weights, views inside a
-    larger tensor: ``checkpoint.ties``) are one tensor in memory, counted once, as ``count`` does."""
-    views = {n for g in checkpoint.ties if g.counted_once for n in g.names[1:]}
+    ``views``: names not stored apart (``Counts.stored_as_views``: tied names that view their group's counted member's
+    storage, as torch.save writes tied weights), left out as ``count`` leaves them out of the stored totals."""
     total = 0
     for t in checkpoint.tensors:
         if views and t.name in views:
@@ -112,7 +111,8 @@ def preflight(
     """Costs of ``checkpoint``; ``listing`` maps every file name of the repo or directory to its size.
 
     ``counts``: the report's counts of this checkpoint, whose bytes by dtype already sum the stored tensors (one
-    record per stored tensor; packed ones keep their stored bytes), saving a pass over 90,000 tensors."""
+    record per stored tensor; packed ones keep their stored bytes; tied views of one storage once), saving a pass over
+    90,000 tensors. Without them, views of one storage are counted per name."""
     from .formats import format_of
 
     by_format: dict[str, int] = {}
@@ -124,8 +124,9 @@ def preflight(
             continue
         by_format[fmt] = by_format.get(fmt, 0) + (size or 0)
     download = sum(f.size or 0 for f in checkpoint.files)
+    views = frozenset(counts.stored_as_views) if counts is not None else frozenset()
     stored = sum(v.bytes for v in counts.by_dtype.values()) if counts is not None else memory_at(checkpoint, None)
-    at = memory_at(checkpoint, DTYPES[dtype]) if dtype else None
+    at = memory_at(checkpoint, DTYPES[dtype], views) if dtype else None
     checks = []
     if max_size is not None:
         checks.append(Check("--max-size", max_size, download, "download"))

@@ -335,7 +335,8 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     meta_groups = [b for b in counts.buffers if b.reason in meta_reasons]
     m_tensors = sum(b.tensors for b in meta_groups)
     m_bytes = sum(b.bytes for b in meta_groups)
-    m_names = list(metadata) if len(meta_groups) > 1 and m_tensors == len(metadata) else [n for b in meta_groups for n in b.names]
+    # in file order: the metadata dict's order, unless a name is stored twice (then every record, from the tensors)
+    m_names = list(metadata) if m_tensors == len(metadata) else [t.name for t in prepared.tensors if t.name in metadata]
     for k, d in by_type.items():
         d["bits_per_weight"] = _bits(d["bytes"], d["elements"])
         if k in TYPE_BY_NAME and is_gguf:
@@ -359,9 +360,9 @@ def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classi
     out.update(
         {
             "logical_parameters": counts.parameters,
+            # the stored totals (tied views of one storage once), with packed tensors at their stored elements
             "stored_elements_in_file": counts.stored_elements
-            if not packed
-            else sum(t.numel for t in checkpoint.tensors if t.name not in packed) + sum(t.numel for t in packed.values()),
+            + (sum(t.numel for t in packed.values()) - sum(rec.numel for rec in prepared.tensors if rec.name in packed) if packed else 0),
             "quantized": {"tensors": q_tensors, "elements": q_elements, "bytes": q_bytes},
             "metadata": {
                 "tensors": m_tensors,

@@ -243,6 +243,8 @@ class Counts:
     non_embedding: Mapping[str, int]
     # every parameter tensor as stored, by dtype, tied duplicates included (quantization summaries: bytes per type)
     stored_parameters_by_dtype: Mapping[str, DtypeTally] = field(default_factory=lambda: MappingProxyType({}))
+    # tied names left out of the stored totals: views of their group's counted member's storage (torch.save ties)
+    stored_as_views: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

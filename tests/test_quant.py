@@ -265,3 +265,40 @@ def test_metadata_by_last_part_agrees_with_the_suffix_rules():
                 dot = name.rfind(".")
                 fast = by_last.get(name[dot:]) if dot >= 0 else None
                 assert fast == _meta_reason(name, scheme, set()), (method, name)
+
+
+def _analysed(tensors, config, ties=(), files=("f",)):
+    from ckptcount.api import analyse
+    from ckptcount.records import Checkpoint, FileRecord
+
+    records = tuple(FileRecord(f, 0, 0, 0, False, format="pytorch") for f in files)
+    return analyse(Checkpoint("t", "pytorch", records, tuple(tensors), config=config, ties=tuple(ties)))
+
+
+@pytest.mark.parametrize("qc", [{"quant_method": "fp8"}, {"quant_method": "gptq", "bits": 4}])
+def test_stored_elements_in_file_count_one_storage_once_packed_or_not(qc):
+    """torch.save of tied weights: two names, one storage. The quantization summary's stored elements follow the
+    counts' rule (one storage once) whether or not something is packed (review of 2026-11-27)."""
+    from ckptcount.records import TensorRecord, TieGroup
+
+    def t(name, shape, dtype="F16", storage=None):
+        return TensorRecord(name, dtype, shape, "f", storage=storage)
+
+    names = ("model.embed_tokens.weight", "lm_head.weight")
+    tie = TieGroup(names, "shared storage", names, True)
+    quantized = t("model.layers.0.mlp.up_proj.weight", (16, 8), "F8_E4M3", "a") if qc["quant_method"] == "fp8" else t("model.layers.0.mlp.up_proj.qweight", (1, 16), "I32", "a")
+    r = _analysed([t(names[0], (10, 8), storage="s"), t(names[1], (10, 8), storage="s"), quantized], {"quantization_config": qc}, [tie])
+    assert r.quantization["stored_elements_in_file"] == 80 + quantized.numel  # the tied pair once
+    assert r.counts.stored_as_views == ("lm_head.weight",)
+
+
+def test_metadata_names_in_file_order_with_a_name_stored_twice():
+    from ckptcount.records import TensorRecord
+
+    def t(name, shape, dtype="F16", f="a"):
+        return TensorRecord(name, dtype, shape, f)
+
+    tensors = [t("l0.qweight", (1, 16), "I32"), t("l0.scales", (1, 16)), t("l0.qzeros", (1, 2), "I32"),
+               t("l1.qweight", (1, 16), "I32", "b"), t("l1.scales", (1, 16), "F16", "b"), t("l0.scales", (1, 16), "F16", "b")]
+    r = _analysed(tensors, {"quantization_config": {"quant_method": "gptq", "bits": 4}}, files=("a", "b"))
+    assert r.quantization["metadata"]["names"] == ["l0.scales", "l0.qzeros", "l1.scales", "l0.scales"]

@@ -318,3 +318,15 @@ def test_remote_bin_by_range_requests(tmp_path, stand_in_hub, saved):
     assert 1 <= len(gets) <= 3
     assert sent < 200_000 < len(raw) // 10
     assert report.checkpoint.files[0].bytes_read == sent
+
+
+def test_buffers_sharing_one_storage(tmp_path):
+    """Two integer buffers saved from one tensor form a counted-once storage tie whose first member is a buffer: no
+    crash (a KeyError before the 2026-11-27 review), no untied parameters from it, and the preflight's memory at the
+    stored dtypes and at fp32 agree for an all-F32 model."""
+    ids = torch.arange(8).unsqueeze(0)
+    torch.save({"wte.weight": torch.zeros(10, 4), "a.position_ids": ids, "b.position_ids": ids}, tmp_path / "pytorch_model.bin")
+    report = audit(str(tmp_path / "pytorch_model.bin"), dtype="fp32")
+    assert report.counts.parameters == report.counts.untied_parameters == 40
+    assert [g.names for g in report.ties] == [("a.position_ids", "b.position_ids")]
+    assert report.preflight.memory_stored == report.preflight.memory_at_dtype == 40 * 4 + 2 * 8 * 8
