@@ -198,9 +198,6 @@ def _max_ranks(tensors) -> dict[str, int]:
     return ranks
 
 
-_new = object.__new__
-
-
 def classify(
     tensors: tuple[TensorRecord, ...] | list[TensorRecord],
     model_type: str | None = None,
@@ -223,8 +220,8 @@ def classify_all(
     names that are a buffer in most models and a parameter in some (``PARAMETER_IN``). ``buffers`` names tensors
     already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``).
 
-    One pass, the records built inline (see :func:`~ckptcount.records.classified`) and the :class:`Classification`
-    gathered as they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
+    One pass, the records built by :func:`~ckptcount.records.classified` and the :class:`Classification` gathered as
+    they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
     90,000 of them.
     """
     plans: dict[bytes, tuple] = {}
@@ -282,13 +279,7 @@ def classify_all(
                     component, reason = NORM, "vector without a matrix beside it"
                 else:
                     component, reason = OTHER, "no row matched"
-        c = _new(Classified)
-        d = c.__dict__  # field order: see records.classified
-        d["tensor"] = t
-        d["kind"] = kind
-        d["component"] = component
-        d["layer"] = layer
-        d["reason"] = reason
+        c = classified(t, kind, component, layer, reason)
         append(c)
         # gather (the body of gather(), inline)
         add_name(name)

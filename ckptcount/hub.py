@@ -48,7 +48,7 @@ from urllib.parse import quote, unquote, urlparse
 from . import cache
 from .gcpause import gc_paused
 from .config import parse_config
-from .errors import CkptError, ConfigError, ShardIndexError, TargetNotFound, UnsafePath
+from .errors import CkptError, TargetNotFound, UnsafePath
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, format_of, read_file
 from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index
 from .records import Checkpoint, Finding

@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .gguf import TYPE_BY_NAME, UNQUANTIZED, kv_value
-from .records import BUFFER, Checkpoint, Classified, Counts, Finding, TensorRecord
+from .records import Checkpoint, Classified, Counts, Finding, TensorRecord
 
 # llama.cpp ``llama_ftype`` (general.file_type) names; gguf-py ``LlamaFileType``.
 GGUF_FILE_TYPES: Mapping[int, str] = MappingProxyType(

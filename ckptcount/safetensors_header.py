@@ -175,7 +175,6 @@ def _tensor(name: str, info: object, where: str, file: str) -> TensorRecord:
 
 
 _BY_OFFSETS = attrgetter("begin", "end")
-_new = object.__new__
 _MAX_FAST_RANK = 16  # the fast path's product of at most 16 dims stays a small integer; longer shapes go to _tensor
 
 
@@ -183,9 +182,8 @@ def _tensors(obj: dict, where: str, file: str) -> tuple[list[TensorRecord], int 
     """Every tensor of a decoded header, validated, in header order; and where the data ends if, in that order, each
     tensor starts where the one before ends (files written by ``safetensors`` are: then no sort is needed), else None.
 
-    The common case (an object of exactly dtype, shape and data_offsets, all well-formed) is checked inline and its
-    record built directly (the body of :func:`~ckptcount.records.tensor_record`): per-tensor function calls were most
-    of the cost of a 100,000-tensor header. Anything else, valid or not, goes through :func:`_tensor`, which applies
+    The common case (an object of exactly dtype, shape and data_offsets, all well-formed) is checked inline: the
+    per-entry validator's calls were most of the cost of a 100,000-tensor header. Anything else, valid or not, goes through :func:`_tensor`, which applies
     the same rules one by one and words the error. Both accept exactly the same entries (tests/test_fuzz_safetensors).
     """
     out: list[TensorRecord] = []
@@ -217,18 +215,7 @@ def _tensors(obj: dict, where: str, file: str) -> tuple[list[TensorRecord], int 
                         # numel > 0: every dim >= 1, so no prefix of the product exceeded 64 bits if the whole does not
                         # (_tensor checks each prefix: [2**40, 2**40, 0] is an overflow there, and here goes to it)
                         if numel and nbits <= _U64_MAX and not nbits & 7 and end - begin == nbits >> 3:
-                            r = _new(TensorRecord)
-                            d = r.__dict__  # field order: see records.tensor_record
-                            d["name"] = name
-                            d["dtype"] = dtype
-                            d["shape"] = tuple(shape)
-                            d["file"] = file
-                            d["begin"] = begin
-                            d["end"] = end
-                            d["stored_bytes"] = None
-                            d["storage"] = None
-                            d["numel"] = numel
-                            append(r)
+                            append(tensor_record(name, dtype, tuple(shape), file, begin, end, numel))
                             if begin != position:
                                 contiguous = False
                             position = end
