@@ -36,7 +36,7 @@ def analyse(checkpoint: Checkpoint) -> Report:
         classified=classified,
         ties=ties,
         counts=counts,
-        quantization=quant.summary(checkpoint, prepared, classified, counts),
+        quantization=quant.summary(checkpoint, prepared, counts),
         moe=moe.summarize(checkpoint, classified, ties, counts, index),
     )
 

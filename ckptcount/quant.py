@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .gguf import TYPE_BY_NAME, UNQUANTIZED, kv_value
-from .records import Checkpoint, Classified, Counts, Finding, TensorRecord
+from .records import Checkpoint, Counts, Finding, TensorRecord
 
 # llama.cpp ``llama_ftype`` (general.file_type) names; gguf-py ``LlamaFileType``.
 GGUF_FILE_TYPES: Mapping[int, str] = MappingProxyType(
@@ -308,7 +308,7 @@ def _bits(nbytes: int, elements: int) -> float | None:
     return round(8 * nbytes / elements, 4) if elements else None
 
 
-def summary(checkpoint: Checkpoint, prepared: Prepared, classified: tuple[Classified, ...], counts: Counts) -> dict | None:
+def summary(checkpoint: Checkpoint, prepared: Prepared, counts: Counts) -> dict | None:
     """Logical parameters, stored elements and bytes, effective bits per weight, and the metadata tensors apart.
 
     ``bits_per_weight`` = 8 x (bytes of the quantized tensors + their metadata) / their logical elements;
