@@ -49,8 +49,8 @@ from . import cache
 from .gcpause import gc_paused
 from .config import parse_config
 from .errors import CkptError, TargetNotFound, UnsafePath
-from .formats import LAYOUTS, SHARD_PATTERN, FileRead, format_of, read_file
-from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index
+from .formats import LAYOUTS, FileRead, format_of, read_file
+from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index, unreferenced_shards
 from .records import Checkpoint, Finding
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -336,10 +336,7 @@ class _Hub:
                     raise UnsafePath(self.where(ipath), f"shard {n!r} is not a file next to the index")
                 if listed and n not in here:
                     raise TargetNotFound(self.where(ipath), f"names shard {n!r}, which the repo does not hold at {sha[:12]}")
-            named = set(names)
-            for n in sorted(here):
-                if SHARD_PATTERN.match(n) and format_of(n) == format_of(names[0]) and n not in named:
-                    findings.append(Finding("unreferenced-shard", f"{n} is not named by {index}: not counted"))
+            findings.extend(unreferenced_shards(here, names, index))
 
         sources = {}
         for n in names:
@@ -435,10 +432,7 @@ class _Hub:
         if index is not None:
             weight_map, index_meta = parse_index(entry["index"], self.where(prefix + index))
             names = sorted(set(weight_map.values()))
-            named = set(names)
-            for n in sorted(here):
-                if SHARD_PATTERN.match(n) and format_of(n) == format_of(names[0]) and n not in named:
-                    findings.append(Finding("unreferenced-shard", f"{n} is not named by {index}: not counted"))
+            findings.extend(unreferenced_shards(here, names, index))
         reads = {}
         for n in names:
             f = entry["files"].get(n)

@@ -46,6 +46,16 @@ def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
     return weight_map, metadata
 
 
+def unreferenced_shards(present, named: list[str], index: str) -> list[Finding]:
+    """Shard-named files of the index's format (``present``: every file name there) that the index does not name."""
+    fmt, known = format_of(named[0]), set(named)
+    return [
+        Finding("unreferenced-shard", f"{n} is not named by {index}: not counted")
+        for n in sorted(present)
+        if SHARD_PATTERN.match(n) and format_of(n) == fmt and n not in known
+    ]
+
+
 def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: str) -> list[Finding]:
     """Disagreements between an index and the shard headers it names. Pure: testable on hand-built records."""
     findings: list[Finding] = []
@@ -180,10 +190,7 @@ def load_local(target: str) -> Checkpoint:
     if index is not None:
         weight_map, index_meta = parse_index(_read_small(root / index, where(index), MAX_INDEX_BYTES), where(index))
         names = sorted(set(weight_map.values()))
-        named = set(names)
-        for p in sorted(root.iterdir()):
-            if SHARD_PATTERN.match(p.name) and format_of(p.name) == format_of(names[0]) and p.name not in named:
-                findings.append(Finding("unreferenced-shard", f"{p.name} is not named by {index}: not counted"))
+        findings.extend(unreferenced_shards((p.name for p in root.iterdir()), names, index))
 
     reads: dict[str, FileRead] = {}
     real_root = root.resolve()
