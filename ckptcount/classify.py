@@ -14,6 +14,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
 
+from . import transformers_table
 from .records import (
     ATTENTION,
     BIAS,
@@ -48,7 +49,13 @@ BUFFER_ROWS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?:^|\.)(?:position_ids|token_type_ids)$"), "position/token-type ids"),  # bert, roberta, clip
     (re.compile(r"(?:^|\.)(?:inv_freq|cos_cached|sin_cached|_float_tensor)$"), "rotary/sinusoid cache"),  # llama<4.31, neox, fairseq
     # MoE router score correction: nn.Buffer in deepseek-v3/v3.2/v4, glm4-moe, minimax-m2, dots1, longcat, kimi... (transformers 5)
+    # (Ling/Bailing, Hunyuan and Sarvam checkpoints name it `expert_bias`, but afmoe's `expert_bias` is a parameter:
+    # those come from the transformers table, by model type)
     (re.compile(r"(?:^|\.)e_score_correction_bias$"), "router score correction"),
+    # bart, mbart, marian, pegasus, blenderbot, led, plbart, mvp, bigbird-pegasus: zeros added to the logits
+    (re.compile(r"(?:^|\.)final_logits_bias$"), "final logits bias"),
+    # EMA codebooks of audio codecs (encodec, bark, xcodec, wavtokenizer; mimi's names): statistics, not trained
+    (re.compile(r"(?:^|\.)codebook\.(?:embed_avg|cluster_size|inited|embed_sum|cluster_usage|initialized)$"), "codebook statistics"),
     (re.compile(r"(?:^|\.)(?:running_mean|running_var|num_batches_tracked)$"), "batchnorm statistics"),  # resnet, convnext
 )
 
@@ -154,7 +161,7 @@ _ZERO = bytes.maketrans(b"123456789", b"000000000")
 _ASCII_DIGITS = frozenset("0123456789")
 
 
-def _plan(name: str) -> tuple:
+def _plan(name: str, known: tuple | None = None) -> tuple:
     """What every name with the same digit-zeroed bytes as ``name`` shares, computed once per such key.
 
     Names that differ only in their digits (layer and expert numbers of equal length) have their dots, their whole
@@ -163,6 +170,7 @@ def _plan(name: str) -> tuple:
     is the same too; when words hold digits (``blocks.3.mlp.fc1.weight``) the lookup depends on those digits only.
     Returns (lookup, or None when words hold digits; positions of the digits inside words; a cache of lookups by
     those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's).
+    ``known``: (model type's buffer test, reason) from :mod:`ckptcount.transformers_table`, or None.
     """
     parts = name.split(".")
     pos = 0
@@ -172,7 +180,7 @@ def _plan(name: str) -> tuple:
             word_digits.extend(pos + i for i, ch in enumerate(p) if ch in _ASCII_DIGITS)
         pos += len(p) + 1
     shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])
-    lookup = _by_shape(shape_of_name)
+    lookup = _with_known(_by_shape(shape_of_name), shape_of_name, known)
     at = _layer_at(shape_of_name) if lookup[3] else None
     layer_span = None
     if at is not None:
@@ -185,8 +193,16 @@ def _plan(name: str) -> tuple:
     return None, tuple(word_digits), {}, layer_span, stack, expert
 
 
-def _word_digit_lookup(name: str) -> tuple:
-    return _by_shape(".".join(["0" if p.isdecimal() else p for p in name.split(".")]))
+def _word_digit_lookup(name: str, known: tuple | None = None) -> tuple:
+    shape_of_name = ".".join(["0" if p.isdecimal() else p for p in name.split(".")])
+    return _with_known(_by_shape(shape_of_name), shape_of_name, known)
+
+
+def _with_known(lookup: tuple, shape_of_name: str, known: tuple | None) -> tuple:
+    """A name no buffer row knows that the model type's transformers class registers as a persistent buffer."""
+    if known is None or lookup[0] is not None or not known[0](shape_of_name):
+        return lookup
+    return (known[1],) + lookup[1:]
 
 
 def _max_ranks(tensors) -> dict[str, int]:
@@ -218,7 +234,9 @@ def classify_all(
     Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
     numbers (layers, experts) share one table lookup (:func:`_plan`). ``model_type`` (config.json) settles the few
     names that are a buffer in most models and a parameter in some (``PARAMETER_IN``). ``buffers`` names tensors
-    already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``).
+    already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``). Names no
+    row knows that ``model_type``'s transformers class registers as persistent buffers are buffers too
+    (:mod:`ckptcount.transformers_table`).
 
     One pass, the records built by :func:`~ckptcount.records.classified` and the :class:`Classification` gathered as
     they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
@@ -228,6 +246,8 @@ def classify_all(
     ranks: dict[str, int] | None = None  # max rank per stem, built only if some name is unknown to every row
     not_parameters = {dt: f"{dt} tensor (integer/bool tensors are never parameters)" for dt in NON_FLOAT_DTYPES}
     kept_buffers = {reason for reason, types in PARAMETER_IN.items() if model_type in types}
+    test = transformers_table.buffer_matcher(model_type)
+    known = None if test is None else (test, transformers_table.reason(model_type))
     out = []
     append = out.append
     names: set[str] = set()
@@ -242,13 +262,13 @@ def classify_all(
         key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
         plan = plans.get(key)
         if plan is None:
-            plan = plans[key] = _plan(name)
+            plan = plans[key] = _plan(name, known)
         lookup, word_digits, by_digits, layer_span, stack, expert = plan
         if lookup is None:  # digits inside words (fc1, fc2): the lookup depends on those digits alone
             digits = name[word_digits[0]] if len(word_digits) == 1 else "".join([name[i] for i in word_digits])
             lookup = by_digits.get(digits)
             if lookup is None:
-                lookup = by_digits[digits] = _word_digit_lookup(name)
+                lookup = by_digits[digits] = _word_digit_lookup(name, known)
         buffer_by_name, component, ends_bias, _ = lookup
         if layer_span is None:
             layer = None

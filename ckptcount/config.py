@@ -26,15 +26,28 @@ def tie_setting(config: Mapping | None) -> tuple[bool | None, str]:
     """Whether the config ties the output head to the token embedding, and the words that say how we know.
 
     Looks at ``tie_word_embeddings`` at the top level, then under ``text_config`` (multimodal wrappers); when absent
-    the transformers default (True) applies. Without a config there is no evidence either way: (None, ...).
+    the transformers default (True) applies, unless the architecture's class never ties its head
+    (:mod:`ckptcount.transformers_table`). Without a config there is no evidence either way: (None, ...).
     """
     if config is None:
         return None, "no config.json"
     for scope, cfg in (("", config), ("text_config.", config.get("text_config"))):
         if isinstance(cfg, Mapping) and "tie_word_embeddings" in cfg:
             value = bool(cfg["tie_word_embeddings"])
-            return value, f"config: {scope}tie_word_embeddings={str(value).lower()}"
-    return True, "config: tie_word_embeddings absent (transformers default: true)"
+            return _class_decides(value, f"config: {scope}tie_word_embeddings={str(value).lower()}", config)
+    return _class_decides(True, "config: tie_word_embeddings absent (transformers default: true)", config)
+
+
+def _class_decides(value: bool, how: str, config: Mapping) -> tuple[bool, str]:
+    """A class that keeps its head apart even when asked to tie (transformers' BigBirdPegasusForCausalLM, whose
+    ``_tied_weights_keys`` is empty) is untied whatever the setting says."""
+    if value:
+        from .transformers_table import never_ties_head
+
+        cls = never_ties_head(architectures(config))
+        if cls is not None:
+            return False, f"{how}, but transformers' {cls} never ties its output head to the embedding"
+    return value, how
 
 
 def architectures(config: Mapping | None) -> tuple[str, ...]:

@@ -1,0 +1,107 @@
+"""Write ckptcount/transformers_table.json from the records of scripts/sweep_transformers.py.
+
+Each sweep record holds, for one tiny model saved by ``save_pretrained``, the names of the floating-point persistent
+buffers and of the parameters as the file holds them, the ``tie_word_embeddings`` the model was built with, and
+whether its output embeddings' weight then was its input embeddings' weight. This script:
+
+* per model type, collects the buffer names with whole-number path parts zeroed (``layers.3.x`` -> ``layers.0.x``);
+* drops any entry that, under ckptcount's matching rule (ckptcount.transformers_table), would also match one of
+  that model type's parameters, and says so (none did for transformers 5.24);
+* checks that no generic buffer row of ckptcount.classify matches a parameter of any swept model (outside
+  ``PARAMETER_IN``'s exceptions), and exits 1 listing them if one does;
+* lists the classes that, built with ``tie_word_embeddings=True`` (or a config class without that setting), keep
+  their output head's weight apart from every other parameter (their config's setting does not tie them).
+
+    python scripts/sweep_transformers.py --workdir /tmp/sw_a
+    python scripts/sweep_transformers.py --mappings seq2seq,masked --workdir /tmp/sw_b
+    python scripts/make_transformers_table.py /tmp/sw_a/results.jsonl /tmp/sw_b/results.jsonl
+
+A class recorded in several files keeps its last record (rerun a few types with ``--only`` into a third file after
+changing the sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ckptcount import transformers_table  # noqa: E402
+from ckptcount.classify import PARAMETER_IN, _buffer_name  # noqa: E402
+
+_WHOLE_NUMBERS = re.compile(r"(?<![^.])\d+(?![^.])")
+
+
+def zeroed(name: str) -> str:
+    return _WHOLE_NUMBERS.sub("0", name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path, help="results.jsonl files of sweep_transformers.py")
+    parser.add_argument("--out", type=Path, default=ROOT / "ckptcount" / "transformers_table.json")
+    args = parser.parse_args()
+
+    buffers: dict[str, set[str]] = defaultdict(set)
+    parameters: dict[str, set[str]] = defaultdict(set)
+    head_tied: dict[str, bool | None] = {}
+    import transformers
+
+    version = transformers.__version__
+    records = 0
+    for path in args.results:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if "file_parameters" not in r:
+                continue  # skipped or failed: nothing was saved
+            records += 1
+            mt = r["type"]
+            buffers[mt].update(zeroed(n) for n in r["file_buffers"])
+            parameters[mt].update(zeroed(n) for n in r["file_parameters"])
+            if r.get("tie_word_embeddings") is not False:  # true, or a config class without the setting
+                head_tied[r["class"]] = r.get("head_tied")  # a later file's record of the class wins
+
+    # entries that would also match a parameter of the same model type: dropped
+    dropped = []
+    for mt, names in buffers.items():
+        for entry in sorted(names):
+            match = transformers_table.matcher([entry])
+            clash = sorted(p for p in parameters[mt] if match(p))
+            if clash:
+                names.discard(entry)
+                dropped.append(f"{mt}: {entry} (matches parameter {clash[0]})")
+
+    # generic buffer rows must not match any swept model's parameters
+    wrong = []
+    for mt, names in parameters.items():
+        for p in sorted(names):
+            why = _buffer_name(p)
+            # the causal-mask rows name real biases too: classify decides those by rank (a 1-D one is a bias)
+            if why and why != "causal mask" and mt not in PARAMETER_IN.get(why, ()):
+                wrong.append(f"{mt}: parameter {p} matches the buffer row {why!r}")
+
+    table = {
+        "transformers": version,
+        "generated_by": "scripts/sweep_transformers.py + scripts/make_transformers_table.py",
+        "buffers": {mt: sorted(names) for mt, names in sorted(buffers.items()) if names},
+        "untied_heads": sorted(c for c, v in head_tied.items() if v is False),
+    }
+    args.out.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
+    n = sum(len(v) for v in table["buffers"].values())
+    print(f"{records} saved models read; {len(table['buffers'])} model types with {n} buffer names; "
+          f"{len(table['untied_heads'])} classes never tie their head; written to {args.out}")
+    for d in dropped:
+        print(f"dropped: {d}")
+    if wrong:
+        print("\n".join(wrong))
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
