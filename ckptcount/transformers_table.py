@@ -1,5 +1,5 @@
-"""What transformers itself says about a model type that names alone cannot: its persistent buffers, and which
-classes never tie their output head to the input embedding.
+"""What transformers itself says about a model type that names alone cannot: its persistent buffers, which classes
+never tie their output head to the input embedding, and what the tied head of the others is called.
 
 A header lists names, not whether ``register_buffer`` or ``nn.Parameter`` made them. The name rules in
 :mod:`ckptcount.classify` catch the buffers many families share (causal masks, rotary caches, batch-norm
@@ -29,7 +29,8 @@ _MIN_PARTS = 2  # "bias" alone never matches "h.0.attn.bias"; "attn.bias" may
 
 @lru_cache(maxsize=1)
 def table() -> Mapping:
-    """The packaged table: {"transformers": version, "buffers": {model_type: [name, ...]}, "untied_heads": [class]}."""
+    """The packaged table: {"transformers": version, "buffers": {model_type: [name, ...]}, "untied_heads": [class],
+    "heads": {class: the tied output head's name}}."""
     return json.loads(Path(__file__).with_name("transformers_table.json").read_bytes())  # package data (pyproject)
 
 
@@ -77,3 +78,10 @@ def never_ties_head(architectures: tuple[str, ...]) -> str | None:
 @lru_cache(maxsize=1)
 def _untied() -> frozenset[str]:
     return frozenset(table()["untied_heads"])
+
+
+def head_name(architectures: tuple[str, ...]) -> str | None:
+    """The name of the output head that the first known class of ``architectures`` ties to its input embedding
+    (``output_projection.weight`` in ``BioGptForCausalLM``), or None."""
+    heads = table().get("heads", {})
+    return next((heads[a] for a in architectures if a in heads), None)

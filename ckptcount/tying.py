@@ -20,6 +20,7 @@ from operator import methodcaller
 from .classify import component_of, gather
 from .config import architectures, tie_setting
 from .records import OUTPUT_HEAD, TOKEN_EMBEDDING, Checkpoint, Classification, Classified, TieGroup
+from .transformers_table import head_name
 
 ALIAS = "safetensors metadata alias (save_model)"
 CANDIDATE = "candidate: verify by content (embedding and head of equal shape and dtype, no config)"
@@ -36,7 +37,17 @@ def _is_head_name(name: str) -> bool:
 def _expected_head(prefixes: set[str], config: Mapping | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
     """The output head's name when the files do not hold it, and bias ties that come with it (BERT, RoBERTa MLM).
 
-    ``prefixes``: which of ``_HEAD_PREFIXES`` begin some stored name."""
+    ``prefixes``: which of ``_HEAD_PREFIXES`` begin some stored name. The architecture's own head name, where the
+    transformers table knows it (``output_projection.weight`` in BioGPT, ``proj_out.weight`` in Whisper), wins
+    over these guesses."""
+    guess = _guess_head(prefixes, config)
+    known = head_name(architectures(config))
+    if known is not None and known != guess[0]:
+        return known, ()
+    return guess
+
+
+def _guess_head(prefixes: set[str], config: Mapping | None) -> tuple[str | None, tuple[tuple[str, str], ...]]:
     if "cls.predictions." in prefixes:
         return "cls.predictions.decoder.weight", (("cls.predictions.decoder.bias", "cls.predictions.bias"),)
     if "lm_head." in prefixes:

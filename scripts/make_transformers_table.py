@@ -9,6 +9,7 @@ whether its output embeddings' weight then was its input embeddings' weight. Thi
   that model type's parameters, and says so (none did for transformers 5.24);
 * checks that no generic buffer row of ckptcount.classify matches a parameter of any swept model (outside
   ``PARAMETER_IN``'s exceptions), and exits 1 listing them if one does;
+* names, per class that ties it, the output head as the model names it (``output_projection.weight``);
 * lists the classes that, built with ``tie_word_embeddings=True`` (or a config class without that setting), keep
   their output head's weight apart from every other parameter (their config's setting does not tie them).
 
@@ -51,6 +52,7 @@ def main() -> None:
     buffers: dict[str, set[str]] = defaultdict(set)
     parameters: dict[str, set[str]] = defaultdict(set)
     head_tied: dict[str, bool | None] = {}
+    heads: dict[str, str] = {}
     import transformers
 
     version = transformers.__version__
@@ -66,6 +68,8 @@ def main() -> None:
             parameters[mt].update(zeroed(n) for n in r["file_parameters"])
             if r.get("tie_word_embeddings") is not False:  # true, or a config class without the setting
                 head_tied[r["class"]] = r.get("head_tied")  # a later file's record of the class wins
+                if r.get("head_tied") and r.get("head_param"):
+                    heads[r["class"]] = r["head_param"]
 
     # entries that would also match a parameter of the same model type: dropped
     dropped = []
@@ -91,6 +95,7 @@ def main() -> None:
         "generated_by": "scripts/sweep_transformers.py + scripts/make_transformers_table.py",
         "buffers": {mt: sorted(names) for mt, names in sorted(buffers.items()) if names},
         "untied_heads": sorted(c for c, v in head_tied.items() if v is False),
+        "heads": {c: heads[c] for c in sorted(heads) if head_tied.get(c)},
     }
     args.out.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
     n = sum(len(v) for v in table["buffers"].values())

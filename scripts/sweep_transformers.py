@@ -491,6 +491,17 @@ def _head_tied(model):
     return False if shared == 1 else None
 
 
+def _head_param(model):
+    """The output embeddings' weight by its module's name (``output_projection.weight``), or None."""
+    try:
+        out = model.get_output_embeddings()
+    except Exception:  # noqa: BLE001
+        return None
+    if out is None or getattr(out, "weight", None) is None:
+        return None
+    return next((f"{name}.weight" for name, mod in model.named_modules() if mod is out), None)
+
+
 def compare(res: dict, model, folder: Path, audit) -> None:
     # ---- oracles from the instantiated model
     params_dup = dict(model.named_parameters(remove_duplicate=False))
@@ -538,6 +549,7 @@ def compare(res: dict, model, folder: Path, audit) -> None:
     res["file_parameters"] = sorted(k for k, v in okind.items() if v in ("weight", "bias"))
     res["tie_word_embeddings"] = _tie_setting(model)
     res["head_tied"] = _head_tied(model)
+    res["head_param"] = _head_param(model)
     res["buffer_oracle"] = [len(oracle_buffers), sum(files[k][2] for k in oracle_buffers)]
     unmapped = sorted(k for k, v in okind.items() if v == "unmapped")
     # parameters the file does not hold under any of their names (dropped by save_pretrained, not a tie)

@@ -118,3 +118,25 @@ def test_matcher_prefixes_both_ways():
 def test_table_records_its_transformers_version():
     t = transformers_table.table()
     assert t["transformers"] and t["buffers"]["ibert"] and "BigBirdPegasusForCausalLM" in t["untied_heads"]
+
+
+@pytest.mark.parametrize(
+    "cls_name, model_type, head",
+    [
+        ("WhisperForCausalLM", "whisper", "proj_out.weight"),
+        ("BioGptForCausalLM", "biogpt", "output_projection.weight"),
+        ("OpenAIGPTLMHeadModel", "openai-gpt", "lm_head.weight"),  # tokens_embed: a token embedding by name
+    ],
+)
+def test_tied_head_not_stored_is_named_as_the_model_names_it(tmp_path, cls_name, model_type, head):
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(tiny_config(model_type)).eval()
+    model.save_pretrained(tmp_path)
+    shared = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), set()).add(n)
+    (oracle,) = [g for g in shared.values() if len(g) > 1]
+    r = audit(str(tmp_path))
+    assert head in oracle
+    assert [set(g.names) for g in r.ties] == [oracle]
+    assert r.counts.parameters == sum(p.numel() for p in model.parameters())
