@@ -22,15 +22,17 @@ def analyse(checkpoint: Checkpoint) -> Report:
     from .classify import classify_all
     from .config import model_type
     from .count import count
+    from .transformers_table import embedding_matcher
     from .tying import find_ties
 
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
-    index = classify_all(prepared.tensors, model_type(checkpoint.config), prepared.metadata)
+    mt = model_type(checkpoint.config)
+    index = classify_all(prepared.tensors, mt, prepared.metadata)
     classified = index.records
     ties = find_ties(checkpoint, classified, index)
-    counts = count(classified, ties, index)
+    counts = count(classified, ties, index, embedding_matcher(mt))
     return Report(
         checkpoint=checkpoint,
         classified=classified,

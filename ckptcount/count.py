@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from types import MappingProxyType
 
 from .classify import component_of, gather
@@ -41,7 +42,12 @@ def counted_names(ties: tuple[TieGroup, ...]) -> tuple[set[str], dict[str, str]]
     return dropped, override
 
 
-def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index: Classification | None = None) -> Counts:
+def count(
+    classified: tuple[Classified, ...],
+    ties: tuple[TieGroup, ...],
+    index: Classification | None = None,
+    embeddings: Callable[[str], bool] | None = None,
+) -> Counts:
     """Parameters = every float tensor that is not a buffer, each name once, each tied group once.
 
     Nothing else is subtracted. ``untied_parameters`` adds back one copy per extra name of each tied group: the count
@@ -51,6 +57,8 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
 
     ``index``: classify's :class:`Classification` of these records (gathered here when not given). Its totals count
     every tensor under its own classification; only tied names and names stored twice are re-filed, one by one.
+    ``embeddings``: the model type's ``nn.Embedding`` weights (:func:`ckptcount.transformers_table.embedding_matcher`)
+    where they are not the name rules' embedding tables; transformers' convention then subtracts those instead.
     """
     ix = index if index is not None else gather(classified)
     totals = {k: list(v) for k, v in ix.totals.items()}
@@ -105,7 +113,7 @@ def count(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index:
         non_embedding=MappingProxyType(
             {
                 "nanogpt": parameters - component[POSITION_EMBEDDING].elements,
-                "transformers": parameters - embedding,
+                "transformers": parameters - (embedding if embeddings is None else _matched(ix, ties, embeddings)),
             }
         ),
         stored_parameters_by_dtype=MappingProxyType({k: DtypeTally(*v) for k, v in sorted(stored_parameters.items())}),
@@ -172,3 +180,20 @@ def _layer_key(layer: str) -> tuple:
     if len(index) <= 100:
         return (stack, 0, int(index), "")
     return (stack, 1, len(index), index)
+
+
+def _matched(ix: Classification, ties: tuple[TieGroup, ...], embeddings: Callable[[str], bool]) -> int:
+    """Elements of the counted parameters that ``embeddings`` matches (by any name of their tie group)."""
+    dropped, _ = counted_names(ties)
+    group_of = {n: g.names for g in ties if g.counted_once for n in g.names}
+    seen: set[str] = set()
+    total = 0
+    for records in ix.parameters.values():
+        for c in records:
+            name = c.tensor.name
+            if name in dropped or name in seen:
+                continue
+            seen.add(name)
+            if any(embeddings(".".join(["0" if p.isdecimal() else p for p in n.split(".")])) for n in group_of.get(name, (name,))):
+                total += c.tensor.numel
+    return total

@@ -1,5 +1,6 @@
 """What transformers itself says about a model type that names alone cannot: its persistent buffers, which classes
-never tie their output head to the input embedding, and what the tied head of the others is called.
+never tie their output head to the input embedding, what the tied head of the others is called, and which weights
+are ``nn.Embedding`` modules (where that differs from the name rules' embeddings).
 
 A header lists names, not whether ``register_buffer`` or ``nn.Parameter`` made them. The name rules in
 :mod:`ckptcount.classify` catch the buffers many families share (causal masks, rotary caches, batch-norm
@@ -30,7 +31,7 @@ _MIN_PARTS = 2  # "bias" alone never matches "h.0.attn.bias"; "attn.bias" may
 @lru_cache(maxsize=1)
 def table() -> Mapping:
     """The packaged table: {"transformers": version, "buffers": {model_type: [name, ...]}, "untied_heads": [class],
-    "heads": {class: the tied output head's name}}."""
+    "heads": {class: the tied output head's name}, "embeddings": {model_type: [nn.Embedding weight, ...]}}."""
     return json.loads(Path(__file__).with_name("transformers_table.json").read_bytes())  # package data (pyproject)
 
 
@@ -85,3 +86,15 @@ def head_name(architectures: tuple[str, ...]) -> str | None:
     (``output_projection.weight`` in ``BioGptForCausalLM``), or None."""
     heads = table().get("heads", {})
     return next((heads[a] for a in architectures if a in heads), None)
+
+
+@lru_cache(maxsize=64)
+def embedding_matcher(model_type: str | None) -> Callable[[str], bool] | None:
+    """A test for names with whole-number parts zeroed: is it the weight of one of ``model_type``'s ``nn.Embedding``
+    modules (what ``num_parameters(exclude_embeddings=True)`` subtracts)? None where the name rules already agree
+    with transformers for this model type, or it is not in the table; a test that matches nothing where the model
+    has no ``nn.Embedding`` at all (ViT's position embeddings are a bare ``nn.Parameter``)."""
+    if not isinstance(model_type, str):
+        return None
+    entries = table().get("embeddings", {}).get(model_type)
+    return None if entries is None else matcher(entries)

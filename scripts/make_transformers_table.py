@@ -9,6 +9,8 @@ whether its output embeddings' weight then was its input embeddings' weight. Thi
   that model type's parameters, and says so (none did for transformers 5.24);
 * checks that no generic buffer row of ckptcount.classify matches a parameter of any swept model (outside
   ``PARAMETER_IN``'s exceptions), and exits 1 listing them if one does;
+* per model type where the name rules' embeddings are not transformers' ``nn.Embedding`` weights (what
+  ``num_parameters(exclude_embeddings=True)`` subtracts), lists the latter;
 * names, per class that ties it, the output head as the model names it (``output_projection.weight``);
 * lists the classes that, built with ``tie_word_embeddings=True`` (or a config class without that setting), keep
   their output head's weight apart from every other parameter (their config's setting does not tie them).
@@ -34,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ckptcount import transformers_table  # noqa: E402
-from ckptcount.classify import PARAMETER_IN, _buffer_name  # noqa: E402
+from ckptcount.classify import PARAMETER_IN, _buffer_name, component_of  # noqa: E402
+from ckptcount.records import EMBEDDING_COMPONENTS  # noqa: E402
 
 _WHOLE_NUMBERS = re.compile(r"(?<![^.])\d+(?![^.])")
 
@@ -52,6 +55,8 @@ def main() -> None:
     buffers: dict[str, set[str]] = defaultdict(set)
     parameters: dict[str, set[str]] = defaultdict(set)
     head_tied: dict[str, bool | None] = {}
+    embeddings: dict[str, set[str]] = defaultdict(set)
+    disagree: set[str] = set()
     heads: dict[str, str] = {}
     import transformers
 
@@ -65,6 +70,13 @@ def main() -> None:
             records += 1
             mt = r["type"]
             buffers[mt].update(zeroed(n) for n in r["file_buffers"])
+            if "file_embeddings" in r:
+                stored = {zeroed(n) for n in r["file_parameters"]}
+                table_side = {zeroed(n) for n in r["file_embeddings"]}
+                rules_side = {n for n in stored if component_of(n) in EMBEDDING_COMPONENTS}
+                embeddings[mt].update(table_side)
+                if rules_side != table_side & stored:
+                    disagree.add(mt)
             parameters[mt].update(zeroed(n) for n in r["file_parameters"])
             if r.get("tie_word_embeddings") is not False:  # true, or a config class without the setting
                 head_tied[r["class"]] = r.get("head_tied")  # a later file's record of the class wins
@@ -96,11 +108,13 @@ def main() -> None:
         "buffers": {mt: sorted(names) for mt, names in sorted(buffers.items()) if names},
         "untied_heads": sorted(c for c, v in head_tied.items() if v is False),
         "heads": {c: heads[c] for c in sorted(heads) if head_tied.get(c)},
+        "embeddings": {mt: sorted(embeddings[mt]) for mt in sorted(disagree)},
     }
     args.out.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
     n = sum(len(v) for v in table["buffers"].values())
     print(f"{records} saved models read; {len(table['buffers'])} model types with {n} buffer names; "
-          f"{len(table['untied_heads'])} classes never tie their head; written to {args.out}")
+          f"{len(table['untied_heads'])} classes never tie their head; {len(table['heads'])} head names; "
+          f"{len(table['embeddings'])} model types whose nn.Embedding weights the name rules miss; written to {args.out}")
     for d in dropped:
         print(f"dropped: {d}")
     if wrong:

@@ -550,6 +550,13 @@ def compare(res: dict, model, folder: Path, audit) -> None:
     res["tie_word_embeddings"] = _tie_setting(model)
     res["head_tied"] = _head_tied(model)
     res["head_param"] = _head_param(model)
+    # what num_parameters(exclude_embeddings=True) subtracts: the weight of every nn.Embedding module, by the name the
+    # file holds it under (the model's name when the file does not hold it, e.g. a tied duplicate)
+    import torch.nn as nn
+
+    embedding_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    file_of = {mn: k for k, mn in model_name.items()}
+    res["file_embeddings"] = sorted(file_of.get(n, n) for n in embedding_weights if n in params_dup)
     res["buffer_oracle"] = [len(oracle_buffers), sum(files[k][2] for k in oracle_buffers)]
     unmapped = sorted(k for k, v in okind.items() if v == "unmapped")
     # parameters the file does not hold under any of their names (dropped by save_pretrained, not a tie)

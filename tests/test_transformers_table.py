@@ -2,7 +2,8 @@
 scripts/sweep_transformers.py), saved by transformers and counted against the instantiated model.
 
 Oracles: parameters = ``sum(p.numel() for p in model.parameters())``; buffer elements = the persistent buffers of
-``model.state_dict()``; biases = 1-D parameters whose name ends in "bias". Configs are the sweep's tiny ones.
+``model.state_dict()``; biases = 1-D parameters whose name ends in "bias"; transformers' non-embedding count =
+``model.num_parameters(exclude_embeddings=True)``. Configs are the sweep's tiny ones.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ CASES = {
     "hy_v3": ("HYV3ForCausalLM", "row: router correction saved as expert_bias"),
     "bart": ("BartForConditionalGeneration", "row: final_logits_bias"),
     "bigbird_pegasus": ("BigBirdPegasusForCausalLM", "table: the class never ties its head"),
+    "vit": ("ViTModel", "table: no nn.Embedding (position_embeddings is a bare nn.Parameter)"),
+    "clip": ("CLIPModel", "table: token_embedding / position_embedding are nn.Embedding, patch_embedding is not"),
 }
 
 
@@ -46,6 +49,7 @@ def _oracle(model) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "buffer_elements": sum(b.numel() for b in persistent.values()),
         "bias_elements": sum(p.numel() for p in biases),
+        "non_embedding": model.num_parameters(exclude_embeddings=True),
     }
 
 
@@ -69,6 +73,7 @@ def test_counts_match_instantiated_model(saved, model_type):
     assert c.parameters == oracle["parameters"]
     assert c.buffer_elements == oracle["buffer_elements"]
     assert c.biases.elements == oracle["bias_elements"]
+    assert c.non_embedding["transformers"] == oracle["non_embedding"]
 
 
 def test_table_buffers_are_named_for_their_model_type(saved):
