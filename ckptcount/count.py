@@ -53,7 +53,8 @@ def count(
     Nothing else is subtracted. ``untied_parameters`` adds back one copy per extra name of each tied group: the count
     if every tied name were its own tensor (gpt2: + vocab x d). Non-embedding counts follow two published conventions:
     nanoGPT's ``get_num_params`` subtracts the position embedding only; transformers'
-    ``num_parameters(exclude_embeddings=True)`` subtracts every embedding table (token, position, token type...).
+    ``num_parameters(exclude_embeddings=True)`` subtracts every ``nn.Embedding`` weight: the embedding tables
+    (token, position, token type...) of the name rules, or the model type's list (``embeddings`` below).
 
     ``index``: classify's :class:`Classification` of these records (gathered here when not given). Its totals count
     every tensor under its own classification; only tied names and names stored twice are re-filed, one by one.
