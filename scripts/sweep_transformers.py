@@ -555,8 +555,9 @@ def compare(res: dict, model, folder: Path, audit) -> None:
     import torch.nn as nn
 
     embedding_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    file_of = {mn: k for k, mn in model_name.items()}
-    res["file_embeddings"] = sorted(file_of.get(n, n) for n in embedding_weights if n in params_dup)
+    in_file = {k for k, mn in model_name.items() if mn in embedding_weights}  # Molmo2: two file tensors, one table
+    held = {model_name[k] for k in in_file}
+    res["file_embeddings"] = sorted(in_file | {n for n in embedding_weights if n in params_dup and n not in held})
     res["buffer_oracle"] = [len(oracle_buffers), sum(files[k][2] for k in oracle_buffers)]
     unmapped = sorted(k for k, v in okind.items() if v == "unmapped")
     # parameters the file does not hold under any of their names (dropped by save_pretrained, not a tie)
