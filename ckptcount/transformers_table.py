@@ -35,11 +35,14 @@ def table() -> Mapping:
     return json.loads(Path(__file__).with_name("transformers_table.json").read_bytes())  # package data (pyproject)
 
 
-def _suffixes(name: str):
-    """``a.b.c.d`` -> ``a.b.c.d``, ``b.c.d``, ``c.d`` (every dot-suffix of at least _MIN_PARTS parts)."""
-    parts = name.split(".")
-    for i in range(len(parts) - _MIN_PARTS + 1):
-        yield ".".join(parts[i:])
+def _suffixes(name: str, most: int | None = None):
+    """``a.b.c.d`` -> ``c.d``, ``b.c.d``, ``a.b.c.d``: every dot-suffix of at least _MIN_PARTS parts, and of at most
+    ``most`` (a hostile name of 100,000 parts costs ``most`` short joins, not 100,000 long ones)."""
+    parts = name.rsplit(".", most) if most is not None else name.split(".")
+    for k in range(_MIN_PARTS, len(parts) + 1):
+        if most is not None and k > most:
+            return
+        yield ".".join(parts[-k:])
 
 
 @lru_cache(maxsize=64)
@@ -56,11 +59,12 @@ def matcher(entries) -> Callable[[str], bool]:
     """The matching rule over ``entries``: a name matches when it or an entry ends with the other at a dot."""
     exact = frozenset(entries)
     tails = frozenset(s for e in exact for s in _suffixes(e))  # the file lacks a prefix the entry has
+    most = max((e.count(".") + 1 for e in exact), default=0)  # no longer suffix can equal an entry
 
     def is_buffer(shape_of_name: str) -> bool:
         if shape_of_name in tails:
             return True
-        return any(s in exact for s in _suffixes(shape_of_name))  # the file has a prefix the entry lacks
+        return any(s in exact for s in _suffixes(shape_of_name, most))  # the file has a prefix the entry lacks
 
     return is_buffer
 

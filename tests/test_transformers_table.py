@@ -145,3 +145,14 @@ def test_tied_head_not_stored_is_named_as_the_model_names_it(tmp_path, cls_name,
     assert head in oracle
     assert [set(g.names) for g in r.ties] == [oracle]
     assert r.counts.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_hostile_name_of_many_parts_is_matched_in_linear_time(tmp_path):
+    """Matching tries only suffixes as long as the longest entry: a 200,000-part name is not 200,000 long joins."""
+    from safetensors.torch import save_file
+
+    name = ".".join(["x"] * 200_000) + ".ibert.embeddings.word_embeddings.weight_integer"
+    save_file({name: torch.zeros(2, 2), "w.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "ibert"}))
+    r = audit(str(tmp_path))
+    assert r.counts.parameters == 4 and r.counts.buffer_elements == 4  # ibert's weight_integer, behind the prefix
