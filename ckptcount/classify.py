@@ -200,10 +200,18 @@ def _word_digit_lookup(name: str, known: tuple | None = None) -> tuple:
 
 
 def _with_known(lookup: tuple, shape_of_name: str, known: tuple | None) -> tuple:
-    """A name no buffer row knows that the model type's transformers class registers as a persistent buffer."""
-    if known is None or lookup[0] is not None or not known[0](shape_of_name):
+    """What the model type's transformers class says where names do not: a persistent buffer no buffer row knows;
+    a bias whose name does not end in ``bias``, or a name ending in ``bias`` that is not one."""
+    if known is None:
         return lookup
-    return (known[1],) + lookup[1:]
+    is_buffer, reason, is_bias, not_bias = known
+    if lookup[0] is None and is_buffer is not None and is_buffer(shape_of_name):
+        return (reason,) + lookup[1:]
+    if is_bias is not None and not lookup[2] and is_bias(shape_of_name):
+        return lookup[:2] + (True,) + lookup[3:]
+    if not_bias is not None and lookup[2] and not_bias(shape_of_name):
+        return lookup[:2] + (False,) + lookup[3:]
+    return lookup
 
 
 def _max_ranks(tensors) -> dict[str, int]:
@@ -248,7 +256,10 @@ def classify_all(
     not_parameters = {dt: f"{dt} tensor (integer/bool tensors are never parameters)" for dt in NON_FLOAT_DTYPES}
     kept_buffers = {reason for reason, types in PARAMETER_IN.items() if model_type in types}
     test = transformers_table.buffer_matcher(model_type)
-    known = None if test is None else (test, transformers_table.reason(model_type))
+    is_bias, not_bias = transformers_table.bias_matchers(model_type)
+    known = None
+    if test is not None or is_bias is not None or not_bias is not None:
+        known = (test, transformers_table.reason(model_type), is_bias, not_bias)
     out = []
     append = out.append
     names: set[str] = set()

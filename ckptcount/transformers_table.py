@@ -1,6 +1,7 @@
 """What transformers itself says about a model type that names alone cannot: its persistent buffers, which classes
-never tie their output head to the input embedding, what the tied head of the others is called, and which weights
-are ``nn.Embedding`` modules (where that differs from the name rules' embeddings).
+never tie their output head to the input embedding, what the tied head of the others is called, which weights
+are ``nn.Embedding`` modules (where that differs from the name rules' embeddings), and which biases are named
+otherwise.
 
 A header lists names, not whether ``register_buffer`` or ``nn.Parameter`` made them. The name rules in
 :mod:`ckptcount.classify` catch the buffers many families share (causal masks, rotary caches, batch-norm
@@ -31,7 +32,8 @@ _MIN_PARTS = 2  # "bias" alone never matches "h.0.attn.bias"; "attn.bias" may
 @lru_cache(maxsize=1)
 def table() -> Mapping:
     """The packaged table: {"transformers": version, "buffers": {model_type: [name, ...]}, "untied_heads": [class],
-    "heads": {class: the tied output head's name}, "embeddings": {model_type: [nn.Embedding weight, ...]}}."""
+    "heads": {class: the tied output head's name}, "embeddings": {model_type: [nn.Embedding weight, ...]},
+    "biases": {model_type: {"bias": [name, ...], "weight": [name, ...]}}}."""
     return json.loads(Path(__file__).with_name("transformers_table.json").read_bytes())  # package data (pyproject)
 
 
@@ -102,3 +104,13 @@ def embedding_matcher(model_type: str | None) -> Callable[[str], bool] | None:
         return None
     entries = table().get("embeddings", {}).get(model_type)
     return None if entries is None else matcher(entries)
+
+
+@lru_cache(maxsize=64)
+def bias_matchers(model_type: str | None) -> tuple[Callable[[str], bool] | None, Callable[[str], bool] | None]:
+    """Tests for names with whole-number parts zeroed: (a bias although its name does not end in ``bias``, not a
+    bias although it does), for ``model_type``; None where the table lists none."""
+    entry = table().get("biases", {}).get(model_type) if isinstance(model_type, str) else None
+    if not entry:
+        return None, None
+    return (matcher(entry["bias"]) if entry.get("bias") else None, matcher(entry["weight"]) if entry.get("weight") else None)

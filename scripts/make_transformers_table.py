@@ -11,6 +11,9 @@ whether its output embeddings' weight then was its input embeddings' weight. Thi
   ``PARAMETER_IN``'s exceptions), and exits 1 listing them if one does;
 * per model type where the name rules' embeddings are not transformers' ``nn.Embedding`` weights (what
   ``num_parameters(exclude_embeddings=True)`` subtracts), lists the latter;
+* per model type, the biases whose file name does not end in ``bias`` (Mistral Large 4's ``ssmax_scaling.b``) and
+  the 1-D ``...bias`` file names the model does not call a bias (MiMo-V2-Flash's ``attention_sink_bias``, the
+  model's ``sinks``);
 * names, per class that ties it, the output head as the model names it (``output_projection.weight``);
 * lists the classes that, built with ``tie_word_embeddings=True`` (or a config class without that setting), keep
   their output head's weight apart from every other parameter (their config's setting does not tie them).
@@ -55,6 +58,7 @@ def main() -> None:
     buffers: dict[str, set[str]] = defaultdict(set)
     parameters: dict[str, set[str]] = defaultdict(set)
     head_tied: dict[str, bool | None] = {}
+    named_bias: dict[str, dict[str, set[str]]] = defaultdict(lambda: {"bias": set(), "weight": set()})
     embeddings: dict[str, set[str]] = defaultdict(set)
     disagree: set[str] = set()
     heads: dict[str, str] = {}
@@ -70,6 +74,8 @@ def main() -> None:
             records += 1
             mt = r["type"]
             buffers[mt].update(zeroed(n) for n in r["file_buffers"])
+            for kind, names in r.get("bias_exceptions", {}).items():
+                named_bias[mt][kind].update(zeroed(n) for n in names)
             if "file_embeddings" in r:
                 stored = {zeroed(n) for n in r["file_parameters"]}
                 table_side = {zeroed(n) for n in r["file_embeddings"]}
@@ -109,6 +115,7 @@ def main() -> None:
         "untied_heads": sorted(c for c, v in head_tied.items() if v is False),
         "heads": {c: heads[c] for c in sorted(heads) if head_tied.get(c)},
         "embeddings": {mt: sorted(embeddings[mt]) for mt in sorted(disagree)},
+        "biases": {mt: {k: sorted(v) for k, v in named_bias[mt].items() if v} for mt in sorted(named_bias) if any(named_bias[mt].values())},
     }
     args.out.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
     n = sum(len(v) for v in table["buffers"].values())

@@ -550,6 +550,11 @@ def compare(res: dict, model, folder: Path, audit) -> None:
     res["tie_word_embeddings"] = _tie_setting(model)
     res["head_tied"] = _head_tied(model)
     res["head_param"] = _head_param(model)
+    # biases whose file name does not say so, and 1-D "...bias" file names the model does not call a bias
+    res["bias_exceptions"] = {
+        "bias": sorted(k for k, v in okind.items() if v == "bias" and not k.endswith("bias")),
+        "weight": sorted(k for k, v in okind.items() if v == "weight" and k.endswith("bias") and len(files[k][1]) == 1),
+    }
     # what num_parameters(exclude_embeddings=True) subtracts: the weight of every nn.Embedding module, by the name the
     # file holds it under (the model's name when the file does not hold it, e.g. a tied duplicate)
     import torch.nn as nn

@@ -37,6 +37,8 @@ CASES = {
     "bigbird_pegasus": ("BigBirdPegasusForCausalLM", "table: the class never ties its head"),
     "vit": ("ViTModel", "table: no nn.Embedding (position_embeddings is a bare nn.Parameter)"),
     "clip": ("CLIPModel", "table: token_embedding / position_embedding are nn.Embedding, patch_embedding is not"),
+    "mistral_large4_text": ("MistralLarge4TextModel", "table: softmax_scaling.bias is saved as ssmax_scaling.b"),
+    "mimo_v2_flash": ("MiMoV2FlashForCausalLM", "table: the sinks are saved as attention_sink_bias, not a bias"),
 }
 
 
