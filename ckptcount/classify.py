@@ -171,7 +171,8 @@ def _plan(name: str, known: tuple | None = None) -> tuple:
     is the same too; when words hold digits (``blocks.3.mlp.fc1.weight``) the lookup depends on those digits only.
     Returns (lookup, or None when words hold digits; positions of the digits inside words; a cache of lookups by
     those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's).
-    ``known``: (model type's buffer test, reason) from :mod:`ckptcount.transformers_table`, or None.
+    ``known``: (buffer test, buffer reason, bias test, not-bias test) for the model type, from
+    :mod:`ckptcount.transformers_table` (see :func:`_with_known`), or None.
     """
     parts = name.split(".")
     pos = 0
@@ -194,9 +195,15 @@ def _plan(name: str, known: tuple | None = None) -> tuple:
     return None, tuple(word_digits), {}, layer_span, stack, expert
 
 
+def shape_of_name(name: str) -> str:
+    """``h.11.attn.bias`` -> ``h.0.attn.bias``: whole-number path parts zeroed, digits inside words (``fc1``) kept.
+    The form the role tables and the transformers table are looked up in."""
+    return ".".join(["0" if p.isdecimal() else p for p in name.split(".")])
+
+
 def _word_digit_lookup(name: str, known: tuple | None = None) -> tuple:
-    shape_of_name = ".".join(["0" if p.isdecimal() else p for p in name.split(".")])
-    return _with_known(_by_shape(shape_of_name), shape_of_name, known)
+    shape = shape_of_name(name)
+    return _with_known(_by_shape(shape), shape, known)
 
 
 def _with_known(lookup: tuple, shape_of_name: str, known: tuple | None) -> tuple:

@@ -6,6 +6,7 @@ import json
 from typing import Mapping
 
 from .errors import ConfigError
+from .transformers_table import never_ties_head
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
@@ -42,8 +43,6 @@ def _class_decides(value: bool, how: str, config: Mapping) -> tuple[bool, str]:
     """A class that keeps its head apart even when asked to tie (transformers' BigBirdPegasusForCausalLM, whose
     ``_tied_weights_keys`` is empty) is untied whatever the setting says."""
     if value:
-        from .transformers_table import never_ties_head
-
         cls = never_ties_head(architectures(config))
         if cls is not None:
             return False, f"{how}, but transformers' {cls} never ties its output head to the embedding"

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from types import MappingProxyType
 
-from .classify import component_of, gather
+from .classify import component_of, gather, shape_of_name
 from .records import (
     BIAS,
     BUFFER,
@@ -195,6 +195,6 @@ def _matched(ix: Classification, ties: tuple[TieGroup, ...], embeddings: Callabl
             if name in dropped or name in seen:
                 continue
             seen.add(name)
-            if any(embeddings(".".join(["0" if p.isdecimal() else p for p in n.split(".")])) for n in group_of.get(name, (name,))):
+            if any(embeddings(shape_of_name(n)) for n in group_of.get(name, (name,))):
                 total += c.tensor.numel
     return total

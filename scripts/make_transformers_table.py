@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -39,14 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ckptcount import transformers_table  # noqa: E402
-from ckptcount.classify import PARAMETER_IN, _buffer_name, component_of  # noqa: E402
+from ckptcount.classify import PARAMETER_IN, _buffer_name, component_of, shape_of_name  # noqa: E402
 from ckptcount.records import EMBEDDING_COMPONENTS  # noqa: E402
-
-_WHOLE_NUMBERS = re.compile(r"(?<![^.])\d+(?![^.])")
-
-
-def zeroed(name: str) -> str:
-    return _WHOLE_NUMBERS.sub("0", name)
 
 
 def main() -> None:
@@ -73,17 +66,17 @@ def main() -> None:
                 continue  # skipped or failed: nothing was saved
             records += 1
             mt = r["type"]
-            buffers[mt].update(zeroed(n) for n in r["file_buffers"])
+            buffers[mt].update(shape_of_name(n) for n in r["file_buffers"])
             for kind, names in r.get("bias_exceptions", {}).items():
-                named_bias[mt][kind].update(zeroed(n) for n in names)
+                named_bias[mt][kind].update(shape_of_name(n) for n in names)
             if "file_embeddings" in r:
-                stored = {zeroed(n) for n in r["file_parameters"]}
-                table_side = {zeroed(n) for n in r["file_embeddings"]}
+                stored = {shape_of_name(n) for n in r["file_parameters"]}
+                table_side = {shape_of_name(n) for n in r["file_embeddings"]}
                 rules_side = {n for n in stored if component_of(n) in EMBEDDING_COMPONENTS}
                 embeddings[mt].update(table_side)
                 if rules_side != table_side & stored:
                     disagree.add(mt)
-            parameters[mt].update(zeroed(n) for n in r["file_parameters"])
+            parameters[mt].update(shape_of_name(n) for n in r["file_parameters"])
             if r.get("tie_word_embeddings") is not False:  # true, or a config class without the setting
                 head_tied[r["class"]] = r.get("head_tied")  # a later file's record of the class wins
                 if r.get("head_tied") and r.get("head_param"):
