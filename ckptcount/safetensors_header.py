@@ -14,7 +14,10 @@ import json
 import struct
 import sys
 from dataclasses import dataclass
-from operator import attrgetter
+from functools import partial
+from itertools import chain, repeat
+from math import prod
+from operator import and_, attrgetter, itemgetter, mul, rshift, sub
 from types import MappingProxyType
 from typing import Mapping, Protocol
 
@@ -178,14 +181,65 @@ _BY_OFFSETS = attrgetter("begin", "end")
 _MAX_FAST_RANK = 16  # the fast path's product of at most 16 dims stays a small integer; longer shapes go to _tensor
 
 
+_DTYPE, _SHAPE, _OFFSETS = itemgetter("dtype"), itemgetter("shape"), itemgetter("data_offsets")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_record = partial(tuple.__new__, TensorRecord)  # a TensorRecord from its nine fields, without a Python-level call
+
+
+def _columns(obj: dict, file: str) -> tuple[list[TensorRecord], int] | None:
+    """Every tensor of a header that ``safetensors`` wrote, checked a column at a time; None for any other header.
+
+    The common header (every entry exactly dtype, shape and data_offsets, well-formed, no zero dim, in offset order
+    from byte 0 without holes) is checked with C-level passes over whole columns (``map``, ``set``, list equality)
+    and its records are built the same way: no Python-level step per tensor. On a 90,000-tensor set this is ~5x
+    faster than the entry-by-entry loop below, which takes every header this one declines (valid or not) and words
+    the error. Accepting here implies the loop accepts with the same records (tests/test_fuzz_safetensors).
+    """
+    infos = list(obj.values())
+    if not infos:
+        return [], 0
+    try:
+        if set(map(type, infos)) != {dict} or set(map(len, infos)) != {3}:
+            return None
+        dtypes, shapes, offsets = list(map(_DTYPE, infos)), list(map(_SHAPE, infos)), list(map(_OFFSETS, infos))
+    except KeyError:  # three keys but not these three
+        return None
+    if set(map(type, dtypes)) != {str} or not _BITS.keys() >= set(dtypes):
+        return None
+    if set(map(type, shapes)) != {list} or max(map(len, shapes)) > _MAX_FAST_RANK:
+        return None
+    dims = list(chain.from_iterable(shapes))
+    if dims and (set(map(type, dims)) != {int} or min(dims) < 1):  # a zero dim: _tensor checks overflow before it
+        return None
+    if set(map(type, offsets)) != {list} or set(map(len, offsets)) != {2}:
+        return None
+    begins, ends = list(map(_FIRST, offsets)), list(map(_SECOND, offsets))
+    if set(map(type, begins)) != {int} or set(map(type, ends)) != {int}:
+        return None
+    # in offset order from 0, each tensor starting where the one before ends; with every span >= 0 (checked below
+    # against the dtype's size) this also gives 0 <= begin <= end, and the last end is the largest
+    if begins[0] != 0 or begins[1:] != ends[:-1] or ends[-1] > _U64_MAX:
+        return None
+    numels = list(map(prod, shapes))
+    nbits = list(map(mul, numels, map(_BITS.__getitem__, dtypes)))
+    if max(nbits) > _U64_MAX or any(map(and_, nbits, repeat(7))) or list(map(rshift, nbits, repeat(3))) != list(map(sub, ends, begins)):
+        return None
+    nothing = repeat(None)
+    return list(map(_record, zip(obj, dtypes, map(tuple, shapes), repeat(file), begins, ends, nothing, nothing, numels))), ends[-1]
+
+
 def _tensors(obj: dict, where: str, file: str) -> tuple[list[TensorRecord], int | None]:
     """Every tensor of a decoded header, validated, in header order; and where the data ends if, in that order, each
     tensor starts where the one before ends (files written by ``safetensors`` are: then no sort is needed), else None.
 
-    The common case (an object of exactly dtype, shape and data_offsets, all well-formed) is checked inline: the
-    per-entry validator's calls were most of the cost of a 100,000-tensor header. Anything else, valid or not, goes through :func:`_tensor`, which applies
-    the same rules one by one and words the error. Both accept exactly the same entries (tests/test_fuzz_safetensors).
+    Headers as ``safetensors`` writes them are taken whole by :func:`_columns`. For the rest, the common entry (an
+    object of exactly dtype, shape and data_offsets, all well-formed) is checked inline, without the per-entry
+    validator's calls; anything else, valid or not, goes through :func:`_tensor`, which applies the same rules one by
+    one and words the error. All three accept exactly the same entries (tests/test_fuzz_safetensors).
     """
+    columns = _columns(obj, file)
+    if columns is not None:
+        return columns
     out: list[TensorRecord] = []
     append = out.append
     bits_of = _BITS

@@ -128,6 +128,59 @@ def test_fast_path_accepts_and_rejects_exactly_what_the_rules_do(header, data):
     assert _outcome(lambda o: _tensors(o, "f.safetensors", "f.safetensors")[0], obj) == _outcome(_one_by_one, obj)
 
 
+well_formed = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(sorted(DTYPE_BITS)),
+        "shape": st.lists(st.integers(1, 300) | st.sampled_from([2**33, 2**40]), max_size=4),
+    }
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.text(max_size=4), well_formed), min_size=1, max_size=5, unique_by=lambda e: e[0]), st.data())
+def test_column_path_accepts_only_what_the_rules_accept(entries, data):
+    """safetensors_header._columns (whole columns at once) may decline any header, but whatever it accepts the rules
+    accept with the same records and the same data end. Entries are laid out contiguously, as safetensors writes
+    them; then, in most examples, one field of one entry is replaced by a near-valid value (or an extra key added),
+    so both the accepting branch and each of its refusals are exercised."""
+    from ckptcount.safetensors_header import _columns
+
+    header, pos = {}, 0
+    for name, info in entries:
+        n = 1
+        for d in info["shape"]:
+            n *= d
+        nbytes = n * DTYPE_BITS[info["dtype"]] // 8
+        header[name] = {**info, "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    if data.draw(st.booleans()):
+        victim = header[data.draw(st.sampled_from(sorted(header)))]
+        field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"]))
+        victim[field] = data.draw(json_values) if field == "extra" else data.draw(near_valid)[field]
+    obj = json.loads(json.dumps(header))
+    got = _columns(obj, "f.safetensors")
+    if got is not None:
+        records, end = got
+        assert _outcome(lambda o: records, obj) == _outcome(_one_by_one, obj)
+        assert end == (records[-1].end if records else 0) and all(type(t).__name__ == "TensorRecord" for t in records)
+
+
+def test_column_path_takes_what_safetensors_writes():
+    from conftest import safetensors_head
+
+    from ckptcount.safetensors_header import _columns
+
+    head, pos = safetensors_head({"a.weight": ("BF16", [3, 4]), "a.bias": ("F32", [4]), "s": ("I64", []), "h": ("F16", [2, 8])})
+    obj = json.loads(head[8:])
+    records, end = _columns(obj, "m.safetensors")
+    assert end == pos and _outcome(lambda o: records, obj) == _outcome(_one_by_one, obj)
+    assert _columns({}, "m.safetensors") == ([], 0)
+    for field, value in (("shape", [2, 0]), ("data_offsets", [25, 41]), ("dtype", "F4"), ("dtype", "F12")):
+        broken = json.loads(head[8:])  # a zero dim, a hole, a size that does not match, an unknown dtype: declined
+        broken["a.bias"][field] = value
+        assert _columns(broken, "m.safetensors") is None, (field, value)
+
+
 plain_text = st.text(alphabet="ab:. ", max_size=6)  # no braces or quotes: every '{' of the dump is an object
 plain_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | plain_text,
