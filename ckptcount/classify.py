@@ -32,8 +32,9 @@ from .records import (
     Classification,
     Classified,
     TensorRecord,
-    classified,
 )
+
+_new = tuple.__new__
 
 LAYER = re.compile(r"(?:^|\.)(?:h|layers|layer|blocks|block|blk)\.(\d+)(?:\.|$)")
 STACK = re.compile(r"(?:^|\.)(encoder|decoder|vision_model|text_model|vision_tower)\.")
@@ -318,7 +319,7 @@ def classify_all(
                     component, reason = NORM, "vector without a matrix beside it"
                 else:
                     component, reason = OTHER, "no row matched"
-        c = classified(t, kind, component, layer, reason)
+        c = _new(Classified, (t, kind, component, layer, reason))
         append(c)
         # gather (the body of gather(), inline)
         add_name(name)

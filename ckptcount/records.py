@@ -166,11 +166,6 @@ class Classified(NamedTuple):
         return self.kind != BUFFER
 
 
-def classified(tensor: TensorRecord, kind: str, component: str | None, layer: str | None, reason: str) -> Classified:
-    """A :class:`Classified` (the positional constructor, kept for the callers that use it)."""
-    return _tuple_new(Classified, (tensor, kind, component, layer, reason))
-
-
 @dataclass(frozen=True)
 class Classification:
     """classify's records, and what the later stages look up, gathered in the same pass over the tensors.

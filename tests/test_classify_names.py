@@ -12,22 +12,25 @@ from ckptcount.records import TensorRecord
 
 PARTS = ["h", "layers", "blocks", "encoder", "decoder", "mlp", "attn", "self_attn", "experts", "fc1", "fc3", "fc",
          "ln_1", "ln_f", "norm", "wte", "lm_head", "c_fc", "q_proj", "embed_tokens", "e_score_correction_bias",
-         "0", "7", "12", "201", "3x", "x3y", "١٢", "bias", "weight", "masked_bias", "inv_freq"]
+         "0", "7", "12", "201", "3x", "x3y", "١٢", "bias", "weight", "masked_bias", "inv_freq",
+         "self_attn.attention_sink_bias", "layer_scalar", "ssmax_scaling.b"]
 names = st.lists(st.sampled_from(PARTS), min_size=1, max_size=7).map(".".join)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(names, st.sampled_from([(4, 4), (4,), (1, 1, 4, 4)]), st.sampled_from(["F32", "BF16", "I64"])),
                 min_size=1, max_size=40, unique_by=lambda x: x[0]),
-       st.sampled_from([None, "ernie4_5_moe"]))
-def test_a_batch_classifies_each_name_as_it_would_alone(entries, model_type):
+       st.sampled_from([None, "ernie4_5_moe", "mimo_v2_flash", "gemma4_text", "mistral_large4_text"]), st.data())
+def test_a_batch_classifies_each_name_as_it_would_alone(entries, model_type, data):
     tensors = [TensorRecord(n, dt, shape, "f.safetensors") for n, shape, dt in entries]
-    batch = classify(tensors, model_type)
-    assert classify_all(tensors, model_type) == gather(batch)  # what the pass gathers inline = gathered afterwards
+    held = {n: data.draw(st.sampled_from(["FP8 scale", "packed"])) for n, _, _ in entries if data.draw(st.booleans())}
+    batch = classify(tensors, model_type, held)
+    assert classify_all(tensors, model_type, held) == gather(batch)  # the groups made with the records = found in them
     for t, c in zip(tensors, batch):
         stem = split_suffix(t.name)[0]  # with the tensors of its stem: the norm rule looks at their ranks
-        alone = classify([t] + [x for x in tensors if split_suffix(x.name)[0] == stem and x is not t], model_type)[0]
+        alone = classify([t] + [x for x in tensors if split_suffix(x.name)[0] == stem and x is not t], model_type, held)[0]
         assert c == alone, t.name
+        assert (c.kind, c.reason) == ("buffer", held[t.name]) if t.name in held else c.reason not in ("FP8 scale", "packed")
         assert c.layer == layer_of(t.name), t.name
 
 

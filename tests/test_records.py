@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from ckptcount.records import Classified, TensorRecord, classified, tensor_record
+from ckptcount.records import Classified, TensorRecord, tensor_record
 
 
 def test_numel_follows_shape_when_built_and_replaced():
@@ -29,7 +29,7 @@ def test_fast_constructor_builds_an_equal_record():
 
 def test_records_are_immutable_and_survive_pickle_and_copy():
     t = TensorRecord("w", "F32", (2, 3), "f", 0, 24, storage="0")
-    c = classified(t, "weight", "mlp", "3", "name")
+    c = Classified(t, "weight", "mlp", "3", "name")
     with pytest.raises(AttributeError):
         t.numel = 5
     with pytest.raises(AttributeError):
