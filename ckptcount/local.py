@@ -7,6 +7,8 @@ regular files are opened.
 from __future__ import annotations
 
 import json
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 
@@ -17,6 +19,7 @@ from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
 from .sources import LocalFile, inside
 
+_NAME = attrgetter("name")
 MAX_INDEX_BYTES = 100_000_000
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
@@ -60,7 +63,9 @@ def cross_check(weight_map: dict[str, str], reads: dict[str, FileRead], index: s
     """Disagreements between an index and the shard headers it names. Pure: testable on hand-built records."""
     findings: list[Finding] = []
     # the common case, decided by C-level comparisons: every name once, each in the shard the index says
-    located = {t.name: shard for shard, read in reads.items() for t in read.tensors}
+    located: dict[str, str] = {}
+    for shard, read in reads.items():
+        located.update(zip(map(_NAME, read.tensors), repeat(shard)))
     if located == weight_map and len(located) == sum(len(read.tensors) for read in reads.values()):
         return findings
     located = {}  # name -> first shard holding it
