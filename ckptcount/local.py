@@ -199,9 +199,11 @@ def load_local(target: str) -> Checkpoint:
 
     reads: dict[str, FileRead] = {}
     real_root = root.resolve()
+    index_where = where(index) if index is not None else None
     for name in names:
-        file_path = inside(root, name, where(index), real_root) if index is not None else root / name
-        reads[name] = read_file(LocalFile(file_path, where(name)), name, where(name))
+        file_path = inside(root, name, index_where, real_root) if index is not None else root / name
+        shown = where(name)
+        reads[name] = read_file(LocalFile(file_path, shown), name, shown)
 
     config = config_file = None
     if (root / "config.json").is_file():
