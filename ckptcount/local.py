@@ -12,6 +12,8 @@ from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 
+import msgspec
+
 from .config import parse_config
 from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
@@ -31,10 +33,37 @@ def _read_small(path: Path, where: str, limit: int, error: type = ShardIndexErro
     return source.read(0, source.size())
 
 
+class _Index(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """An index as msgspec decodes it: a weight_map of strings; metadata left to ``json`` (it may hold any value).
+    No other key: msgspec would skip its value without the checks ``json`` makes (its 4,300-digit integer limit)."""
+
+    weight_map: dict[str, str]
+    metadata: msgspec.Raw | None = None
+
+
+_INDEX = msgspec.json.Decoder(_Index)
+
+
+def _decode_index(raw: bytes) -> dict:
+    """The index as ``json.loads`` would decode it, as far as :func:`parse_index` looks: its weight_map and metadata.
+
+    An index without JSON escapes, of weight_map and metadata only, whose weight_map maps strings to strings, is
+    decoded by msgspec (about twice as fast for 90,000 names); repeated keys keep their last value, as in ``json``.
+    Anything else, valid or not, is left to ``json``, whose result or error is the reference."""
+    if b"\\" not in raw:
+        try:
+            index = _INDEX.decode(raw.decode("utf-8"))
+            metadata = json.loads(bytes(index.metadata)) if index.metadata is not None else None
+            return {"weight_map": index.weight_map, "metadata": metadata}
+        except (msgspec.MsgspecError, ValueError, RecursionError):
+            pass
+    return json.loads(raw.decode("utf-8"))
+
+
 def parse_index(raw: bytes, where: str) -> tuple[dict[str, str], dict]:
     """The ``weight_map`` (tensor -> shard) and ``metadata`` of a sharded checkpoint's ``*.index.json``."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        obj = _decode_index(raw)
     except (ValueError, RecursionError) as e:  # ValueError: also an integer literal over the 4300-digit limit
         raise ShardIndexError(where, f"not valid JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):

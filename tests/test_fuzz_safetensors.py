@@ -136,49 +136,100 @@ well_formed = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.text(max_size=4), well_formed), min_size=1, max_size=5, unique_by=lambda e: e[0]), st.data())
-def test_column_path_accepts_only_what_the_rules_accept(entries, data):
-    """safetensors_header._columns (whole columns at once) may decline any header, but whatever it accepts the rules
-    accept with the same records and the same data end. Entries are laid out contiguously, as safetensors writes
-    them; then, in most examples, one field of one entry is replaced by a near-valid value (or an extra key added),
-    so both the accepting branch and each of its refusals are exercised."""
-    from ckptcount.safetensors_header import _columns
+def _fast_outcome(buf: bytes):
+    """What parse_header's msgspec path returns for ``buf``, in _outcome's form; None when it declines."""
+    from ckptcount.safetensors_header import _fast
 
+    got = _fast(buf, "f.safetensors")
+    if got is None:
+        return None
+    records, end, metadata = got
+    assert all(type(t).__name__ == "TensorRecord" for t in records)
+    assert end == (records[-1].end if records else 0)
+    return _outcome(lambda o: records, None), metadata
+
+
+def _reference(buf: bytes):
+    """The rules' answer for ``buf``: json decode, then every entry one by one (a CkptError's message if any)."""
+    from ckptcount.safetensors_header import _decode
+
+    try:
+        obj = _decode(buf, "f.safetensors")
+    except CkptError as e:
+        return str(e), None
+    metadata = obj.pop("__metadata__", {})
+    return _outcome(_one_by_one, obj), metadata
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.text(max_size=4), well_formed), min_size=0, max_size=5, unique_by=lambda e: e[0]),
+    st.none()
+    | st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=3)
+    | st.dictionaries(st.text(max_size=4), st.text(max_size=4) | json_values, max_size=3),
+    st.data(),
+)
+def test_fast_path_accepts_only_what_the_rules_accept(entries, metadata, data):
+    """safetensors_header._fast (msgspec, then whole columns) may decline any header, but whatever it accepts the
+    rules accept with the same records, data end and metadata. Entries are laid out contiguously, as safetensors
+    writes them; then, in most examples, one field of one entry is replaced by a near-valid value (or an extra key
+    added), and the text is written compact or spaced, ASCII-escaped or not, sometimes with a key repeated, so both
+    the accepting branch and each of its refusals are exercised."""
     header, pos = {}, 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
     for name, info in entries:
         n = 1
         for d in info["shape"]:
             n *= d
         nbytes = n * DTYPE_BITS[info["dtype"]] // 8
-        header[name] = {**info, "data_offsets": [pos, pos + nbytes]}
+        header.setdefault(name, {**info, "data_offsets": [pos, pos + nbytes]})
         pos += nbytes
-    if data.draw(st.booleans()):
-        victim = header[data.draw(st.sampled_from(sorted(header)))]
+    tensors = [k for k in header if k != "__metadata__"]
+    if tensors and data.draw(st.booleans()):
+        victim = header[data.draw(st.sampled_from(tensors))]
         field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"]))
         victim[field] = data.draw(json_values) if field == "extra" else data.draw(near_valid)[field]
-    obj = json.loads(json.dumps(header))
-    got = _columns(obj, "f.safetensors")
+    compact = data.draw(st.booleans())
+    text = json.dumps(header, ensure_ascii=data.draw(st.booleans()), separators=(",", ":") if compact else None)
+    if data.draw(st.booleans()):  # repeat the first member of some object: the colon count must catch it
+        at = data.draw(st.sampled_from([i for i, ch in enumerate(text) if ch == "{"]))
+        close = text.index("}", at)
+        first = text[at + 1 : close].split(",")[0]
+        if ":" in first:
+            text = text[: at + 1] + first + "," + text[at + 1 :]
+    if data.draw(st.booleans()):
+        text += " " * data.draw(st.integers(1, 7))  # safetensors pads the header to 8 bytes with spaces
+    buf = text.encode()
+    got = _fast_outcome(buf)
     if got is not None:
-        records, end = got
-        assert _outcome(lambda o: records, obj) == _outcome(_one_by_one, obj)
-        assert end == (records[-1].end if records else 0) and all(type(t).__name__ == "TensorRecord" for t in records)
+        assert got == _reference(buf)
 
 
-def test_column_path_takes_what_safetensors_writes():
+def test_fast_path_takes_what_safetensors_writes():
     from conftest import safetensors_head
 
-    from ckptcount.safetensors_header import _columns
-
     head, pos = safetensors_head({"a.weight": ("BF16", [3, 4]), "a.bias": ("F32", [4]), "s": ("I64", []), "h": ("F16", [2, 8])})
-    obj = json.loads(head[8:])
-    records, end = _columns(obj, "m.safetensors")
-    assert end == pos and _outcome(lambda o: records, obj) == _outcome(_one_by_one, obj)
-    assert _columns({}, "m.safetensors") == ([], 0)
-    for field, value in (("shape", [2, 0]), ("data_offsets", [25, 41]), ("dtype", "F4"), ("dtype", "F12")):
-        broken = json.loads(head[8:])  # a zero dim, a hole, a size that does not match, an unknown dtype: declined
+    got = _fast_outcome(head[8:])
+    assert got is not None and got == _reference(head[8:]) and len(got[0]) == 4
+    from ckptcount.safetensors_header import _fast
+
+    assert _fast(head[8:], "m.safetensors")[1] == pos
+    assert _fast_outcome(b"{}") == ([], {}) and _fast_outcome(b'{"__metadata__":{"format":"pt"}}') == ([], {"format": "pt"})
+    header = json.loads(head[8:])
+    for field, value in (("shape", [2, 0]), ("data_offsets", [25, 41]), ("dtype", "F4"), ("dtype", "F12"), ("shape", [4.0]), ("extra", 1)):
+        broken = json.loads(head[8:])  # a zero dim, a hole, a size that does not match, an unknown dtype, a float dim, an extra key: declined
         broken["a.bias"][field] = value
-        assert _columns(broken, "m.safetensors") is None, (field, value)
+        assert _fast_outcome(json.dumps(broken).encode()) is None, (field, value)
+    for text in (
+        json.dumps({"é": header["a.bias"]}, ensure_ascii=True),  # an escape: declined (json decodes escapes)
+        json.dumps({"x:y": header["a.bias"]}),  # a colon in a name: the colon count cannot prove no key repeats
+        '{"a":' + json.dumps(header["a.bias"]).replace('"dtype"', '"dtype": "F32", "dtype"', 1) + "}",  # a repeated key
+        '{"a":' + json.dumps(header["a.bias"]) + ',"a":' + json.dumps(header["a.bias"]) + "}",
+        '{"a":' + "[" * 100_000 + "]" * 100_000 + "}",  # nested too deeply for msgspec: declined, not a crash
+        json.dumps({"__metadata__": None}),
+    ):
+        assert _fast_outcome(text.encode()) is None, text[:60]
 
 
 plain_text = st.text(alphabet="ab:. ", max_size=6)  # no braces or quotes: every '{' of the dump is an object
