@@ -215,6 +215,10 @@ def test_fast_path_takes_what_safetensors_writes():
     from ckptcount.safetensors_header import _fast
 
     assert _fast(head[8:], "m.safetensors")[1] == pos
+    raw = (FIXTURES / "gpt2" / "model.safetensors").read_bytes()  # written by the safetensors package itself
+    real = raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]]
+    got = _fast_outcome(real)
+    assert got is not None and got == _reference(real) and len(got[0]) == 160 and got[1] == {"format": "pt"}
     assert _fast_outcome(b"{}") == ([], {}) and _fast_outcome(b'{"__metadata__":{"format":"pt"}}') == ([], {"format": "pt"})
     header = json.loads(head[8:])
     for field, value in (("shape", [2, 0]), ("data_offsets", [25, 41]), ("dtype", "F4"), ("dtype", "F12"), ("shape", [4.0]), ("extra", 1)):

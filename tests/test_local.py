@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import safetensors_head
 
@@ -178,6 +180,73 @@ def test_integer_literals_past_pythons_digit_limit_are_invalid_json_not_a_crash(
         parse_index(raw, "i.json")
     with pytest.raises(ConfigError, match=r"^c\.json: not valid JSON \(ValueError\)$"):
         parse_config(b'{"vocab_size": ' + b"9" * 5000 + b"}", "c.json")
+
+
+_index_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+_plain = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters='"\\'), max_size=6)  # no escapes
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(_plain, _plain, max_size=5) | st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=5) | _index_values,
+    st.none() | st.fixed_dictionaries({"total_size": st.integers(0, 2**70)}) | _index_values,
+    st.sampled_from(["", "", "extra", "weight_map", "metadata"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_index_decode_is_json_decode(weight_map, metadata, repeat, ascii_only, compact):
+    """local._decode_index takes most indexes through msgspec: whatever it returns is what json.loads gives for the
+    keys parse_index reads, and it raises what json.loads raises, for any weight_map and metadata values, an extra
+    key, a repeated key, escaped or raw non-ASCII names."""
+    from ckptcount.local import _decode_index
+
+    doc = {"weight_map": weight_map} if metadata is None else {"metadata": metadata, "weight_map": weight_map}
+    text = json.dumps(doc, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
+    if repeat == "extra":
+        text = '{"other": 1, ' + text[1:]
+    elif repeat:
+        text = "{" + json.dumps(repeat) + ": {}, " + text[1:]  # repeated: the last one counts
+    raw = text.encode()
+
+    def outcome(decode):
+        try:
+            obj = decode(raw)
+        except (ValueError, RecursionError) as e:
+            return type(e).__name__
+        return obj.get("weight_map"), obj.get("metadata")
+
+    assert outcome(_decode_index) == outcome(lambda b: json.loads(b.decode("utf-8")))
+
+
+def test_index_decode_declines_to_msgspec_what_json_must_judge():
+    from ckptcount.local import _decode_index, _fast_index
+
+    # what save_pretrained writes takes the msgspec path, with or without metadata
+    for doc in ({"metadata": {"total_size": 8, "total_parameters": 2}, "weight_map": {"a": "s1", "b": "s2"}}, {"weight_map": {"a": "s1"}}):
+        for indent in (None, 2):
+            raw = json.dumps(doc, indent=indent).encode()
+            assert _fast_index(raw) == {"weight_map": doc["weight_map"], "metadata": doc.get("metadata")}
+
+    for raw in (
+        b'{"weight_map": {"a": "s"}, "metadata": {"total_size": ' + b"9" * 5000 + b"}}",  # json's digit limit
+        b'{"weight_map": {"a": "s"}, "other": ' + b"9" * 5000 + b"}",  # also in a key msgspec would skip
+        b'{"weight_map": {"a": NaN}}',
+        rb'{"weight_map": {"\u00e9": "s"}}',
+        b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ):
+        try:
+            expected = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            with pytest.raises(type(e)):
+                _decode_index(raw)
+        else:
+            assert _decode_index(raw)["weight_map"] == expected["weight_map"]
 
 
 @pytest.mark.parametrize("tied", [False, True])
