@@ -10,10 +10,10 @@ import json
 from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
+from functools import cache
 from types import MappingProxyType
 
-import msgspec
-
+from . import fastjson
 from .config import parse_config
 from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
@@ -33,15 +33,16 @@ def _read_small(path: Path, where: str, limit: int, error: type = ShardIndexErro
     return source.read(0, source.size())
 
 
-class _Index(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """An index as msgspec decodes it: a weight_map of strings; metadata left to ``json`` (it may hold any value).
-    No other key: msgspec would skip its value without the checks ``json`` makes (its 4,300-digit integer limit)."""
+@cache
+def _msgspec() -> tuple:
+    """msgspec and the index decoder, made on first use (:mod:`ckptcount.fastjson`)."""
+    import msgspec
 
-    weight_map: dict[str, str]
-    metadata: msgspec.Raw = None  # type: ignore[assignment]  # (not "Raw | None": msgspec reads that union as null only)
-
-
-_INDEX = msgspec.json.Decoder(_Index)
+    # a weight_map of strings; metadata left to json (it may hold any value; "Raw | None" would read as null only).
+    # No other key: msgspec would skip its value without the checks json makes (its 4,300-digit integer limit).
+    fields = [("weight_map", dict[str, str]), ("metadata", msgspec.Raw, None)]
+    Index = msgspec.defstruct("Index", fields, forbid_unknown_fields=True, gc=False)
+    return msgspec, msgspec.json.Decoder(Index)
 
 
 def _decode_index(raw: bytes) -> dict:
@@ -50,15 +51,16 @@ def _decode_index(raw: bytes) -> dict:
     An index without JSON escapes, of weight_map and metadata only, whose weight_map maps strings to strings, is
     decoded by msgspec (about twice as fast for 90,000 names); repeated keys keep their last value, as in ``json``.
     Anything else, valid or not, is left to ``json``, whose result or error is the reference."""
-    fast = _fast_index(raw)
+    fast = _fast_index(raw) if fastjson.worth_it(len(raw)) else None
     return fast if fast is not None else json.loads(raw.decode("utf-8"))
 
 
 def _fast_index(raw: bytes) -> dict | None:
     if b"\\" in raw:
         return None
+    msgspec, decoder = _msgspec()
     try:
-        index = _INDEX.decode(raw.decode("utf-8"))
+        index = decoder.decode(raw.decode("utf-8"))
         metadata = json.loads(bytes(index.metadata)) if index.metadata is not None else None
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return None

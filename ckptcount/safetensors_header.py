@@ -5,11 +5,12 @@ from bytes that arrived over HTTP, and huggingface_hub's ``parse_*_safetensors_f
 format's rules (offsets, holes, overlaps, duplicate keys, coverage). This module is the checklist of the Rust reference
 validator (safetensors/src/tensor.rs); each rule has its own message, naming the file and the tensor.
 
-Headers as ``safetensors`` writes them are decoded by msgspec into typed records (``_Entry``): its compiled decoder
+Headers as ``safetensors`` writes them are decoded by msgspec into typed records (``Entry``): its compiled decoder
 checks each entry's keys and JSON types while it parses, so no per-tensor dict or list is ever built, and the rest of
 the rules are checked a column at a time (:func:`_fast`). That path only accepts; anything it declines, valid or not,
 is decoded again by the standard library's ``json`` and checked entry by entry, which words the error. On a
 90,000-tensor set the msgspec path takes about a third of the time off a whole local report (docs/robustness.md).
+A process imports msgspec only once it has seen enough headers for that to pay off (:mod:`ckptcount.fastjson`).
 
 The local reader and the Hub reader differ only in how bytes arrive; both end in :func:`parse_header`.
 """
@@ -20,15 +21,14 @@ import json
 import struct
 import sys
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from itertools import chain, repeat
 from math import prod
 from operator import and_, attrgetter, itemgetter, mul, rshift, sub
 from types import MappingProxyType
 from typing import Mapping, Protocol
 
-import msgspec
-
+from . import fastjson
 from .errors import HeaderError, ReadError
 from .records import DTYPE_BITS, TensorRecord, tensor_record
 
@@ -189,18 +189,19 @@ _BY_OFFSETS = attrgetter("begin", "end")
 _MAX_FAST_RANK = 16  # the fast path's product of at most 16 dims stays a small integer; longer shapes go to _tensor
 
 
-class _Entry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """One tensor entry as msgspec decodes it: exactly these three keys (a repeated key keeps its last value, which
-    the colon count in :func:`_fast` catches), JSON types checked, integers within 64 bits."""
+@cache
+def _msgspec() -> tuple:
+    """msgspec and the three decoders of :func:`_fast`, made on first use (:mod:`ckptcount.fastjson`)."""
+    import msgspec
 
-    dtype: str
-    shape: tuple[int, ...]
-    data_offsets: tuple[int, int]
+    # one tensor entry: exactly these three keys (a repeated key keeps its last value, which the colon count in
+    # _fast catches), JSON types checked, integers within 64 bits
+    fields = [("dtype", str), ("shape", tuple[int, ...]), ("data_offsets", tuple[int, int])]
+    Entry = msgspec.defstruct("Entry", fields, forbid_unknown_fields=True, gc=False)
+    # the header's members with each value left undecoded; a tensor entry; the metadata
+    return msgspec, msgspec.json.Decoder(dict[str, msgspec.Raw]), msgspec.json.Decoder(Entry), msgspec.json.Decoder(dict[str, str])
 
 
-_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])  # the header's members, each value left undecoded
-_ENTRY = msgspec.json.Decoder(_Entry)
-_METADATA = msgspec.json.Decoder(dict[str, str])
 _DTYPE, _SHAPE, _OFFSETS = attrgetter("dtype"), attrgetter("shape"), attrgetter("data_offsets")
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _record = partial(tuple.__new__, TensorRecord)  # a TensorRecord from its nine fields, without a Python-level call
@@ -211,20 +212,21 @@ def _fast(buf: bytes, file: str) -> tuple[list[TensorRecord], int, dict[str, str
 
     Accepted: valid UTF-8 without a backslash (so no JSON escapes: every string is its literal bytes), decoded by
     msgspec as an object whose ``__metadata__`` (if any) maps strings to strings and whose every other member is an
-    :class:`_Entry`; no duplicate key (the colon count of :func:`_no_duplicate_keys`); every dtype known, no dim
-    below 1, rank at most 16, in offset order from byte 0 without holes, each span the size its shape and dtype
-    give. The checks are C-level passes over whole columns (``map``, ``set``, list equality) and the records are
-    built the same way: no Python-level step per tensor. Every header this declines goes to ``json`` and the
-    entry-by-entry rules; accepting here implies they accept with the same records (tests/test_fuzz_safetensors).
+    ``Entry`` (:func:`_msgspec`); no duplicate key (the colon count of :func:`_no_duplicate_keys`); every dtype
+    known, no dim below 1, rank at most 16, in offset order from byte 0 without holes, each span the size its shape
+    and dtype give. The checks are C-level passes over whole columns (``map``, ``set``, list equality) and the
+    records are built the same way: no Python-level step per tensor. Every header this declines goes to ``json`` and
+    the entry-by-entry rules; accepting here implies they accept with the same records (tests/test_fuzz_safetensors).
     """
     if b"\\" in buf:
         return None
+    msgspec, top_decoder, entry_decoder, metadata_decoder = _msgspec()
     try:
-        top = _TOP.decode(buf.decode("utf-8"))
+        top = top_decoder.decode(buf.decode("utf-8"))
         members = len(top)
         raw_metadata = top.pop("__metadata__", None)
-        metadata = _METADATA.decode(raw_metadata) if raw_metadata is not None else {}
-        entries = list(map(_ENTRY.decode, top.values()))
+        metadata = metadata_decoder.decode(raw_metadata) if raw_metadata is not None else {}
+        entries = list(map(entry_decoder.decode, top.values()))
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
     if buf.count(b":") != members + len(metadata) + 3 * len(entries):  # a repeated key was dropped somewhere
@@ -311,7 +313,7 @@ def parse_header(buf: bytes, where: str, file_size: int | None, file: str | None
     A file of exactly 8 + N bytes is a saved header without data ("header only"), counted like the full file.
     """
     file = file if file is not None else where
-    fast = _fast(buf, file)
+    fast = _fast(buf, file) if fastjson.worth_it(len(buf)) else None
     if fast is not None:
         tensors, position, metadata = fast
     else:

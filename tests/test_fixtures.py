@@ -73,7 +73,45 @@ def test_count_path_imports_no_torch_or_numpy(fixtures_dir):
         "import sys, ckptcount.cli as c\n"
         "from ckptcount import audit\n"
         f"audit({str(fixtures_dir / 'gpt2')!r})\n"
-        "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers', 'msgspec') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "[]"  # nor msgspec: 15 KB of header is not worth its import (ckptcount.fastjson)
+
+
+def test_msgspec_is_imported_once_headers_reach_the_threshold(tmp_path):
+    """A header past fastjson.THRESHOLD is decoded by msgspec (imported then); the report is the same as json's."""
+    import subprocess
+    import sys
+
+    from conftest import safetensors_head
+
+    from ckptcount import fastjson
+
+    head, data = safetensors_head({f"model.layers.{i}.mlp.experts.{j}.w{k}.weight": ("BF16", [4, 4]) for i in range(60) for j in range(64) for k in (1, 2, 3)})
+    assert len(head) > fastjson.THRESHOLD
+    (tmp_path / "model.safetensors").write_bytes(head + b"\0" * data)
+    code = (
+        "import sys, json\n"
+        "from ckptcount import audit, fastjson, safetensors_header as sh\n"
+        "threshold = int(sys.argv[2])\n"
+        "fastjson.THRESHOLD = threshold\n"
+        "calls = []\n"
+        "fast = sh._fast\n"
+        "sh._fast = lambda *a: calls.append(1) or fast(*a)\n"
+        "r = audit(sys.argv[1])\n"
+        "print(json.dumps([r.counts.parameters, len(r.classified), 'msgspec' in sys.modules, len(calls)]))"
+    )
+    run = lambda threshold: subprocess.run([sys.executable, "-c", code, str(tmp_path), str(threshold)], capture_output=True, text=True, check=True).stdout
+    n = 60 * 64 * 3
+    assert run(fastjson.THRESHOLD) == f"[{n * 16}, {n}, true, 1]\n"
+    assert run(10 * fastjson.THRESHOLD) == f"[{n * 16}, {n}, false, 0]\n"  # json alone: the same report
+
+
+def test_fastjson_counts_the_bytes_a_process_has_seen(monkeypatch):
+    from ckptcount import fastjson
+
+    monkeypatch.setattr(fastjson, "_seen", 0)
+    assert not fastjson.worth_it(fastjson.THRESHOLD - 10)
+    assert not fastjson.worth_it(9)
+    assert fastjson.worth_it(1) and fastjson.worth_it(0)  # and from then on
