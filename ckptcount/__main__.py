@@ -1,5 +1,5 @@
 """``python -m ckptcount``: the same as the ``ckptcount`` command."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

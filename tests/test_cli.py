@@ -115,3 +115,40 @@ def test_table_escapes_markup_and_control_characters_in_names(tmp_path):
     assert r.exit_code == 0
     assert "[bold red]lm_head.weight[/]\\x1b[2J\\u202e" in r.stdout
     assert "\x1b" not in r.stdout and "\u202e" not in r.stdout
+
+
+def test_the_command_as_a_process_exits_with_the_documented_codes(fixtures_dir, tmp_path):
+    """`ckptcount` and `python -m ckptcount` go through cli.run, which ends the process with os._exit after main:
+    the whole output still arrives, and each exit code is main's (or click's)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("ckptcount"))
+
+    def proc(*args, command=(exe,)):
+        return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=tmp_path)
+
+    r = proc(fixtures_dir / "gpt2", "--format", "json", "--tensors", "--layers")
+    assert r.returncode == 0 and r.stderr == ""
+    assert json.loads(r.stdout)["targets"][0]["parameters"] == 124_439_808 and r.stdout == run(fixtures_dir / "gpt2", "--format", "json", "--tensors", "--layers").stdout
+    r = proc(fixtures_dir / "gpt2", command=(sys.executable, "-m", "ckptcount"))
+    assert r.returncode == 0 and "124,439,808" in r.stdout
+    r = proc(tmp_path / "missing.safetensors")
+    assert r.returncode == 1 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+    r = proc(fixtures_dir / "gpt2", "--fits", "1KiB")
+    assert r.returncode == 3 and r.stderr.startswith("Check failed: ")
+    assert proc("--version").returncode == 0 and proc("--version").stdout.startswith("ckptcount")
+    r = proc("--no-such-option")
+    assert r.returncode == 2 and "No such option" in r.stderr
+
+
+def test_the_command_into_a_closed_pipe_ends_quietly(fixtures_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.Popen([str(Path(sys.executable).with_name("ckptcount")), str(fixtures_dir / "gpt2")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader went away (`| head` that has read enough)
+    err = p.stderr.read().decode()
+    assert p.wait() in (0, 1, 120) and "Traceback" not in err, err
