@@ -74,13 +74,18 @@ def summarize(
     kinds: set[str] = set()
     seen: set[str] = set()
     plans: dict[bytes, tuple] = {}  # expert_kind and the expert number's span, once per digit-zeroed name
-    for c in index.experts if index is not None else classified:
+    # classify's expert candidates already passed expert_kind's first test, and are parameters; with every name
+    # stored once and nothing tied, each is counted as it comes (the common case: one test per tensor fewer)
+    screened = index is not None
+    once = screened and index.unique and not dropped
+    for c in index.experts if screened else classified:
         name = c.tensor.name
-        if ("experts." not in name and "_exps" not in name) or c.kind == BUFFER:  # expert_kind's own first test
+        if not screened and (("experts." not in name and "_exps" not in name) or c.kind == BUFFER):
             continue
-        if name in dropped or name in seen:
-            continue
-        seen.add(name)
+        if not once:
+            if name in dropped or name in seen:
+                continue
+            seen.add(name)
         key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
         plan = plans.get(key)
         if plan is None:  # names equal but for their digits: same kind, expert number at the same characters

@@ -151,3 +151,37 @@ def test_router_score_correction_buffer_or_parameter(tmp_path, make):
     e, k = (model.config.n_routed_experts, model.config.num_experts_per_tok) if hasattr(model.config, "n_routed_experts") else (model.config.moe_num_experts, model.config.moe_k)
     routed = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n and "shared" not in n)
     assert report.moe["active"] == total - routed * (e - k) // e
+
+
+def test_summary_from_classify_candidates_is_the_summary_from_every_record():
+    """moe.summarize reads only classify's expert candidates, and skips the stored-twice and tied checks when no name
+    is stored twice and nothing is tied; on any mix of experts, shared experts, routers, stored-twice names and ties
+    that gives the same summary as the scan of every classified record."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ckptcount.classify import classify_all
+    from ckptcount.count import count
+    from ckptcount.moe import summarize
+    from ckptcount.records import Checkpoint, TensorRecord, TieGroup
+
+    stems = st.sampled_from(["mlp.experts.{e}.gate_proj", "mlp.experts.{e}.down_proj", "mlp.shared_experts.up_proj", "mlp.gate",
+                             "block_sparse_moe.experts.{e}.w1", "mlp.experts.gate_up_proj", "ffn_up_exps", "self_attn.q_proj"])
+    entry = st.tuples(st.integers(0, 2), stems, st.integers(0, 5), st.sampled_from(["weight", "bias", "weight_scale_inv"]),
+                      st.sampled_from(["BF16", "F32", "I64"]), st.lists(st.integers(1, 6), min_size=1, max_size=3))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(entry, min_size=1, max_size=25), st.integers(0, 3), st.integers(0, 2), st.booleans())
+    def check(entries, twice, tied, with_config):
+        tensors = [TensorRecord(f"model.layers.{l}.{stem.format(e=e)}.{last}", dt, tuple(shape), "f")
+                   for l, stem, e, last, dt, shape in entries]
+        tensors += tensors[:twice]  # names stored twice (as in two shards)
+        names = list(dict.fromkeys(t.name for t in tensors))
+        ties = tuple(TieGroup(names=(a, b), evidence="test", stored=(a, b)) for a, b in zip(names[: 2 * tied : 2], names[1 : 2 * tied : 2]))
+        config = {"num_local_experts": 6, "num_experts_per_tok": 2} if with_config else None
+        ck = Checkpoint(target="t", format="safetensors", files=(), tensors=tuple(tensors), config=config)
+        index = classify_all(ck.tensors)
+        counts = count(index.records, ties, index)
+        assert summarize(ck, index.records, ties, counts, index) == summarize(ck, index.records, ties, counts)
+
+    check()
