@@ -436,12 +436,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ckptcount-fuzz")
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per input before it counts as a hang")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit for the campaign process")
+    parser.add_argument("--msgspec", action="store_true", help="decode every header and index by the msgspec paths (ckptcount.fastjson.THRESHOLD = 0; by default a process uses json for its first MiB)")
     parser.add_argument("--make-seeds", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_seeds:
         make_seeds(args.make_seeds)
         return
     sys.path.insert(0, str(ROOT))
+    if args.msgspec:
+        from ckptcount import fastjson
+
+        fastjson.THRESHOLD = 0
     args.work.mkdir(parents=True, exist_ok=True)
     all_seeds = load_seeds(args.work)
     limit = args.memory_mb * 2**20
@@ -453,7 +458,7 @@ def main() -> None:
         print(f"{reader}: {args.inputs} inputs from {len(seeds)} seeds ({', '.join(n for n, _ in all_seeds[reader])})", file=sys.stderr)
         rows.append(campaign(reader, seeds, args.inputs, rng, args.work, args.time_limit))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = {"seed": args.seed, "memory_limit_mb": args.memory_mb, "peak_rss_mb": round(peak, 1), "readers": rows}
+    summary = {"seed": args.seed, "msgspec": args.msgspec, "memory_limit_mb": args.memory_mb, "peak_rss_mb": round(peak, 1), "readers": rows}
     (args.work / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{'reader':13} {'inputs':>8} {'accepted':>9} {'rejected':>9} {'crashes':>8} {'seconds':>8} {'slowest':>9}")
     for r in rows:
