@@ -73,6 +73,26 @@ def test_cross_check_is_pure():
     assert f.message == "idx maps 'x' to s2 but that shard does not hold it (found in s1)"
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["s1", "s2", "s3"]), max_size=6),
+    st.dictionaries(st.sampled_from(["s1", "s2", "s3"]), st.lists(st.sampled_from("abcdefg"), max_size=4, unique=True), max_size=3),
+)
+def test_agreement_is_decided_as_the_full_cross_check_decides_it(weight_map, stored):
+    """local.agrees (C-level, the common case) is true exactly when the name-by-name cross-check finds nothing."""
+    from ckptcount.local import agrees
+
+    reads = {s: FileRead(FileRecord(s, 0, 0, len(ns), False), tuple(TensorRecord(n, "F32", (1,), s) for n in ns)) for s, ns in stored.items()}
+    assert agrees(weight_map, reads) == (cross_check(weight_map, reads, "idx") == [])
+    if stored:  # and the index that says exactly where each stored name is agrees, empty shards and all
+        first = {}
+        for s, ns in stored.items():
+            for n in ns:
+                first.setdefault(n, s)
+        exact = {n: s for s, ns in stored.items() for n in ns}
+        assert agrees(exact, reads) == (first == exact)
+
+
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", "a\\..\\b.safetensors"])
 def test_index_paths_that_leave_the_directory_are_rejected(tmp_path, shard):
     d = tmp_path / "ckpt"
