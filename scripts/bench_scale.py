@@ -13,7 +13,7 @@ every request; each run uses a fresh HF_HOME (no header cache) and HF_HUB_DISABL
 by the server. ``--no-redirect`` serves LFS files from the Hub host directly instead of redirecting to the CDN host.
 Targets: requests = shards + at most 2, wall < 2 s.
 
-    python scripts/bench_scale.py [--runs 5] [--latency 0.05] [--only local|remote]
+    python scripts/bench_scale.py [--runs 5] [--latency 0.05] [--only local|remote] [--baseline OTHER_CKPTCOUNT]
 """
 
 from __future__ import annotations
@@ -89,20 +89,26 @@ def run_once(argv: list[str], env: dict) -> tuple[float, float, str]:
 CKPTCOUNT = str(Path(sys.executable).with_name("ckptcount"))  # --ckptcount replaces it (before/after runs)
 
 
-def local(paths: dict[str, Path], runs: int) -> list[dict]:
-    ckpt = CKPTCOUNT
+def local(paths: dict[str, Path], runs: int, baseline: str | None = None) -> list[dict]:
+    """One row per checkpoint (and per executable: with ``baseline``, its runs alternate with ours, so both see the
+    same drift of this shared machine and the comparison is fair even when the absolute times move)."""
+    tools = {"ckptcount": CKPTCOUNT} | ({"baseline": baseline} if baseline else {})
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     rows = []
     for name, path in paths.items():
-        argv = [ckpt, str(path), "--format", "json"]
-        _, _, out = run_once(argv, env)  # warm the page cache and .pyc files
-        samples = [run_once(argv, env) for _ in range(runs)]
-        target = json.loads(out)["targets"][0]
-        rows.append({
-            "checkpoint": name, "files": len(target["files"]), "tensors": sum(f["tensors"] for f in target["files"]),
-            "parameters": target["parameters"], "wall_s": statistics.median(s[0] for s in samples),
-            "wall_min_s": min(s[0] for s in samples), "peak_rss_mb": max(s[1] for s in samples), "runs": runs,
-        })
+        outs, samples = {}, {tool: [] for tool in tools}
+        for tool, exe in tools.items():
+            _, _, outs[tool] = run_once([exe, str(path), "--format", "json"], env)  # warm the page cache and .pyc files
+        for _ in range(runs):
+            for tool, exe in tools.items():
+                samples[tool].append(run_once([exe, str(path), "--format", "json"], env))
+        for tool in tools:
+            target = json.loads(outs[tool])["targets"][0]
+            rows.append({
+                "checkpoint": name, "tool": tool, "files": len(target["files"]), "tensors": sum(f["tensors"] for f in target["files"]),
+                "parameters": target["parameters"], "wall_s": statistics.median(s[0] for s in samples[tool]),
+                "wall_min_s": min(s[0] for s in samples[tool]), "peak_rss_mb": max(s[1] for s in samples[tool]), "runs": runs,
+            })
     return rows
 
 
@@ -174,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ckptcount", default=None, help="the ckptcount executable to time (default: the one next to this python)")
+    parser.add_argument("--baseline", default=None, help="another ckptcount executable whose local runs alternate with ours (before/after)")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--only", choices=["local", "remote"])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ckptcount-scale")
@@ -186,10 +193,10 @@ def main() -> None:
     result: dict = {"calibration_before_s": calibrate()}
     print(f"calibration (`{CALIBRATION}`, CPU s): {result['calibration_before_s']:.2f}")
     if args.only in (None, "local"):
-        result["local"] = local(paths, args.runs)
-        print(f"{'local':10} {'files':>6} {'tensors':>8} {'parameters':>18} {'wall (median)':>14} {'wall (min)':>11} {'peak RSS':>9}")
+        result["local"] = local(paths, args.runs, args.baseline)
+        print(f"{'local':10} {'tool':>9} {'files':>6} {'tensors':>8} {'parameters':>18} {'wall (median)':>14} {'wall (min)':>11} {'peak RSS':>9}")
         for r in result["local"]:
-            print(f"{r['checkpoint']:10} {r['files']:>6} {r['tensors']:>8} {r['parameters']:>18,} {r['wall_s'] * 1000:>11.0f} ms "
+            print(f"{r['checkpoint']:10} {r['tool']:>9} {r['files']:>6} {r['tensors']:>8} {r['parameters']:>18,} {r['wall_s'] * 1000:>11.0f} ms "
                   f"{r['wall_min_s'] * 1000:>8.0f} ms {r['peak_rss_mb']:>6.1f} MB")
     if args.only in (None, "remote"):
         result["remote"] = remote(paths, args.runs, args.latency, True) + remote(paths, args.runs, args.latency, False)
