@@ -76,6 +76,8 @@ def fixtures(work: Path) -> dict[str, Path]:
 
 
 def run_once(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one run. Keep few outputs: the child is forked from this process, and
+    its peak RSS counts the pages it shares with this one before the exec (6.6 MB per DeepSeek report kept here)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     out = proc.stdout.read()
@@ -101,7 +103,7 @@ def local(paths: dict[str, Path], runs: int, baseline: str | None = None) -> lis
             _, _, outs[tool] = run_once([exe, str(path), "--format", "json"], env)  # warm the page cache and .pyc files
         for _ in range(runs):
             for tool, exe in tools.items():
-                samples[tool].append(run_once([exe, str(path), "--format", "json"], env))
+                samples[tool].append(run_once([exe, str(path), "--format", "json"], env)[:2])  # not the output: see run_once
         for tool in tools:
             target = json.loads(outs[tool])["targets"][0]
             rows.append({
@@ -136,10 +138,11 @@ def remote(paths: dict[str, Path], runs: int, latency: float, redirect: bool) ->
                     wall, rss, out = run_once([ckpt, f"bench/{name}", "--format", "json"], env)
                     time.sleep(latency * 2)  # let the server log the last replies
                     seen = json.loads(ask("count"))
-                    target = json.loads(out)["targets"][0]
-                    samples.append((wall, rss, seen, target))
+                    target = json.loads(out)["targets"][0]  # the last one is kept (see run_once)
+                    del out
+                    samples.append((wall, rss, seen))
             wall = statistics.median(s[0] for s in samples)
-            seen, target = samples[-1][2], samples[-1][3]
+            seen = samples[-1][2]
             shards = len(target["files"])
             rows.append({
                 "checkpoint": name, "shards": shards, "redirect": redirect, "latency_s": latency,
