@@ -9,7 +9,7 @@ Headers as ``safetensors`` writes them are decoded by msgspec into typed records
 checks each entry's keys and JSON types while it parses, so no per-tensor dict or list is ever built, and the rest of
 the rules are checked a column at a time (:func:`_fast`). That path only accepts; anything it declines, valid or not,
 is decoded again by the standard library's ``json`` and checked entry by entry, which words the error. On a
-90,000-tensor set the msgspec path takes about a third of the time off a whole local report (docs/robustness.md).
+90,000-tensor set the msgspec path takes ~0.2 s (15-20%) off a whole local report (docs/robustness.md).
 A process imports msgspec only once it has seen enough headers for that to pay off (:mod:`ckptcount.fastjson`).
 
 The local reader and the Hub reader differ only in how bytes arrive; both end in :func:`parse_header`.
