@@ -276,6 +276,7 @@ def classify_all(
     by_reason: dict[str, list] = {}
     totals: dict[tuple, list[int]] = {}
     experts: list[Classified] = []
+    expert_shapes: list[tuple] = []
     bits = DTYPE_BITS
     for t in tensors:
         name = t.name
@@ -343,6 +344,7 @@ def classify_all(
                 group.append(c)
             if expert:
                 experts.append(c)
+                expert_shapes.append(plan)
         acc = totals.get(total_key)
         if acc is None:
             totals[total_key] = [1, n, nb]
@@ -350,7 +352,7 @@ def classify_all(
             acc[0] += 1
             acc[1] += n
             acc[2] += nb
-    return _classification(tuple(out), names, parameters, totals, by_reason, experts)
+    return _classification(tuple(out), names, parameters, totals, by_reason, experts, expert_shapes)
 
 
 def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification:
@@ -378,7 +380,7 @@ def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification
     return _classification(tuple(records), names, parameters, totals, by_reason, experts)
 
 
-def _classification(records, names, parameters, totals, by_reason, experts) -> Classification:
+def _classification(records, names, parameters, totals, by_reason, experts, expert_shapes=()) -> Classification:
     return Classification(
         records=records,
         names=names,
@@ -387,4 +389,5 @@ def _classification(records, names, parameters, totals, by_reason, experts) -> C
         totals=MappingProxyType(totals),
         buffers=MappingProxyType({k: tuple(v) for k, v in by_reason.items()}),
         experts=tuple(experts),
+        expert_shapes=tuple(expert_shapes),
     )

@@ -19,6 +19,7 @@ the names. Per MoE layer with routed-expert parameters R_l, equal-sized experts,
 from __future__ import annotations
 
 import re
+from itertools import repeat
 from typing import Mapping
 
 from .gguf import kv_value
@@ -73,12 +74,16 @@ def summarize(
     leading: set[int] = set()
     kinds: set[str] = set()
     seen: set[str] = set()
-    plans: dict[bytes, tuple] = {}  # expert_kind and the expert number's span, once per digit-zeroed name
+    plans: dict = {}  # expert_kind and the expert number's span, once per digit-zeroed name
     # classify's expert candidates already passed expert_kind's first test, and are parameters; with every name
     # stored once and nothing tied, each is counted as it comes (the common case: one test per tensor fewer)
     screened = index is not None
     once = screened and index.unique and not dropped
-    for c in index.experts if screened else classified:
+    candidates = index.experts if screened else classified
+    # names equal but for their digits share one key: classify's shared object for them when it made one (its
+    # identity), else the name's bytes with every digit zeroed
+    shapes = index.expert_shapes if screened and len(index.expert_shapes) == len(candidates) else None
+    for c, shape in zip(candidates, shapes if shapes is not None else repeat(None)):
         name = c.tensor.name
         if not screened and (("experts." not in name and "_exps" not in name) or c.kind == BUFFER):
             continue
@@ -86,7 +91,7 @@ def summarize(
             if name in dropped or name in seen:
                 continue
             seen.add(name)
-        key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
+        key = id(shape) if shape is not None else name.encode("utf-8", "surrogatepass").translate(_ZERO)
         plan = plans.get(key)
         if plan is None:  # names equal but for their digits: same kind, expert number at the same characters
             kind = expert_kind(name)

@@ -182,6 +182,9 @@ class Classification:
     totals: Mapping[tuple, list[int]]  # (kind, component | buffer reason, layer | None, dtype) -> [tensors, elements, bytes]
     buffers: Mapping[str, tuple[TensorRecord, ...]]  # the buffer tensors, by reason, in order
     experts: tuple[Classified, ...] = ()  # parameters whose names may be routed experts' ("experts.", "_exps"), in order
+    # for each of ``experts``, an object shared by exactly the names equal but for their digits (classify's plan for
+    # them), so ckptcount.moe works out an expert's kind and number position once per such name; () from gather
+    expert_shapes: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
