@@ -136,29 +136,50 @@ def to_json(results: list[Report | CkptError], *, tensors: bool = False, layers:
 _encode_str = json.encoder.encode_basestring  # C: a str as a JSON string, non-ASCII kept (ensure_ascii=False)
 
 
-def indented(obj: object, level: int = 0) -> str:
+def indented(obj: object) -> str:
     """``json.dumps(obj, indent=2, ensure_ascii=False)``, byte for byte, for the JSON types reports hold.
 
     The standard library encodes indented JSON in Python, an interpreted step per value, and a DeepSeek-sized report
-    lists 90,000 buffer and metadata names; here a list of strings is joined in one C-level pass. Scalars, keys and
-    anything unusual are encoded by ``json.dumps`` itself; tests compare the two on real reports and generated
-    documents."""
+    lists 90,000 buffer and metadata names; here a list of strings is joined in one C-level pass, and the pieces of
+    the whole document are joined once at the end (not once per level: the names would be copied at each). Scalars,
+    keys and anything unusual are encoded by ``json.dumps`` itself; tests compare the two on real reports and
+    generated documents."""
+    out: list[str] = []
+    _pieces(obj, 0, out)
+    return "".join(out)
+
+
+def _pieces(obj: object, level: int, out: list[str]) -> None:
     if isinstance(obj, dict):
         if not obj:
-            return "{}"
+            out.append("{}")
+            return
         pad = "\n" + "  " * (level + 1)
-        items = [f"{_key(k)}: {indented(v, level + 1)}" for k, v in obj.items()]
-        return "{" + pad + ("," + pad).join(items) + "\n" + "  " * level + "}"
-    if isinstance(obj, (list, tuple)):
+        sep = "{" + pad
+        for k, v in obj.items():
+            out.append(sep)
+            out.append(_key(k))
+            out.append(": ")
+            _pieces(v, level + 1, out)
+            sep = "," + pad
+        out.append("\n" + "  " * level + "}")
+    elif isinstance(obj, (list, tuple)):
         if not obj:
-            return "[]"
+            out.append("[]")
+            return
         pad = "\n" + "  " * (level + 1)
         if set(map(type, obj)) == {str}:
-            items = list(map(_encode_str, obj))
+            out.append("[" + pad)
+            out.append(("," + pad).join(map(_encode_str, obj)))
         else:
-            items = [indented(x, level + 1) for x in obj]
-        return "[" + pad + ("," + pad).join(items) + "\n" + "  " * level + "]"
-    return json.dumps(obj, ensure_ascii=False)
+            sep = "[" + pad
+            for x in obj:
+                out.append(sep)
+                _pieces(x, level + 1, out)
+                sep = "," + pad
+        out.append("\n" + "  " * level + "]")
+    else:
+        out.append(json.dumps(obj, ensure_ascii=False))
 
 
 def _key(key: object) -> str:
