@@ -29,7 +29,9 @@ def analyse(checkpoint: Checkpoint) -> Report:
     if prepared.findings:
         checkpoint = dataclasses.replace(checkpoint, findings=checkpoint.findings + prepared.findings)
     mt = model_type(checkpoint.config)
-    index = classify_all(prepared.tensors, mt, prepared.metadata)
+    index = classify_all(prepared.tensors, mt, prepared.metadata, prepared.metadata_by_last)
+    if prepared.metadata_by_last is not None:  # FP8 metadata, found by classify once per name shape
+        prepared = dataclasses.replace(prepared, metadata=index.buffers_by_last)
     classified = index.records
     ties = find_ties(checkpoint, classified, index)
     counts = count(classified, ties, index, embedding_matcher(mt))

@@ -163,7 +163,7 @@ _ZERO = bytes.maketrans(b"123456789", b"000000000")
 _ASCII_DIGITS = frozenset("0123456789")
 
 
-def _plan(name: str, known: tuple | None = None) -> tuple:
+def _plan(name: str, known: tuple | None = None, by_last: Mapping[str, str] | None = None) -> tuple:
     """What every name with the same digit-zeroed bytes as ``name`` shares, computed once per such key.
 
     Names that differ only in their digits (layer and expert numbers of equal length) have their dots, their whole
@@ -171,7 +171,9 @@ def _plan(name: str, known: tuple | None = None) -> tuple:
     characters, and when every digit is a whole part (``layers.12.mlp.experts.201.up_proj.weight``) the table lookup
     is the same too; when words hold digits (``blocks.3.mlp.fc1.weight``) the lookup depends on those digits only.
     Returns (lookup, or None when words hold digits; positions of the digits inside words; a cache of lookups by
-    those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's).
+    those digits; the layer number's span or None; the stack or None; whether the name may be a routed expert's;
+    the reason ``by_last`` gives the name's last part, or None). ``by_last``'s endings hold no digit, so names equal
+    but for their digits get the same answer.
     ``known``: (buffer test, buffer reason, bias test, not-bias test) for the model type, from
     :mod:`ckptcount.transformers_table` (see :func:`_with_known`), or None.
     """
@@ -191,9 +193,10 @@ def _plan(name: str, known: tuple | None = None) -> tuple:
         layer_span = (start, start + len(parts[at[0]]))
     stack = None if at is None else at[1]
     expert = "experts." in name or "_exps" in name  # may be a routed expert (moe.expert_kind's first test)
+    by_ending = by_last.get(name[name.rfind(".") :]) if by_last and "." in name else None
     if not word_digits:
-        return lookup, (), None, layer_span, stack, expert
-    return None, tuple(word_digits), {}, layer_span, stack, expert
+        return lookup, (), None, layer_span, stack, expert, by_ending
+    return None, tuple(word_digits), {}, layer_span, stack, expert, by_ending
 
 
 def shape_of_name(name: str) -> str:
@@ -235,15 +238,17 @@ def classify(
     tensors: tuple[TensorRecord, ...] | list[TensorRecord],
     model_type: str | None = None,
     buffers: Mapping[str, str] | None = None,
+    buffers_by_last: Mapping[str, str] | None = None,
 ) -> tuple[Classified, ...]:
     """Classify every tensor (see :func:`classify_all`, which also gathers what later stages look up)."""
-    return classify_all(tensors, model_type, buffers).records
+    return classify_all(tensors, model_type, buffers, buffers_by_last).records
 
 
 def classify_all(
     tensors: tuple[TensorRecord, ...] | list[TensorRecord],
     model_type: str | None = None,
     buffers: Mapping[str, str] | None = None,
+    buffers_by_last: Mapping[str, str] | None = None,
 ) -> Classification:
     """Classify every tensor. A bias is a 1-D parameter whose name ends in ``bias``; every other parameter is a weight.
 
@@ -251,9 +256,11 @@ def classify_all(
     Linear's bias always sits next to its weight matrix); anything else is ``other``. Names that differ only in their
     numbers (layers, experts) share one table lookup (:func:`_plan`). ``model_type`` (config.json) settles the few
     names that are a buffer in most models and a parameter in some (``PARAMETER_IN``). ``buffers`` names tensors
-    already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``). Names no
-    row knows that ``model_type``'s transformers class registers as persistent buffers are buffers too
-    (:mod:`ckptcount.transformers_table`).
+    already known not to be parameters, with the reason (quantization metadata, from ``quant.prepare``);
+    ``buffers_by_last`` does the same by the name's last part (``.weight_scale_inv`` -> reason; endings without
+    digits), decided once per name shape instead of by a pass over every name: the names it made buffers are
+    ``Classification.buffers_by_last``. Names no row knows that ``model_type``'s transformers class registers as
+    persistent buffers are buffers too (:mod:`ckptcount.transformers_table`).
 
     One pass, the records built by :func:`~ckptcount.records.classified` and the :class:`Classification` gathered as
     they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
@@ -277,14 +284,15 @@ def classify_all(
     totals: dict[tuple, list[int]] = {}
     experts: list[Classified] = []
     expert_shapes: list[tuple] = []
+    found: dict[str, str] = {}  # names buffers_by_last made buffers, in order
     bits = DTYPE_BITS
     for t in tensors:
         name = t.name
         key = name.encode("utf-8", "surrogatepass").translate(_ZERO)
         plan = plans.get(key)
         if plan is None:
-            plan = plans[key] = _plan(name, known)
-        lookup, word_digits, by_digits, layer_span, stack, expert = plan
+            plan = plans[key] = _plan(name, known, buffers_by_last)
+        lookup, word_digits, by_digits, layer_span, stack, expert, by_ending = plan
         if lookup is None:  # digits inside words (fc1, fc2): the lookup depends on those digits alone
             digits = name[word_digits[0]] if len(word_digits) == 1 else "".join([name[i] for i in word_digits])
             lookup = by_digits.get(digits)
@@ -301,6 +309,9 @@ def classify_all(
         dtype = t.dtype
         if buffers and name in buffers:
             kind, component, reason = BUFFER, None, buffers[name]
+        elif by_ending is not None:
+            kind, component, reason = BUFFER, None, by_ending
+            found[name] = by_ending
         elif dtype in not_parameters:
             kind, component, reason = BUFFER, None, not_parameters[dtype]
         # `attn.bias` is a real bias when it is a vector; the GPT-2 mask is [1,1,n,n]
@@ -352,7 +363,7 @@ def classify_all(
             acc[0] += 1
             acc[1] += n
             acc[2] += nb
-    return _classification(tuple(out), names, parameters, totals, by_reason, experts, expert_shapes)
+    return _classification(tuple(out), names, parameters, totals, by_reason, experts, expert_shapes, found)
 
 
 def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification:
@@ -380,7 +391,7 @@ def gather(records: tuple[Classified, ...] | list[Classified]) -> Classification
     return _classification(tuple(records), names, parameters, totals, by_reason, experts)
 
 
-def _classification(records, names, parameters, totals, by_reason, experts, expert_shapes=()) -> Classification:
+def _classification(records, names, parameters, totals, by_reason, experts, expert_shapes=(), found=None) -> Classification:
     return Classification(
         records=records,
         names=names,
@@ -390,4 +401,5 @@ def _classification(records, names, parameters, totals, by_reason, experts, expe
         buffers=MappingProxyType({k: tuple(v) for k, v in by_reason.items()}),
         experts=tuple(experts),
         expert_shapes=tuple(expert_shapes),
+        buffers_by_last=MappingProxyType(found or {}),
     )

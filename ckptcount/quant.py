@@ -91,6 +91,9 @@ class Prepared:
     packed: Mapping[str, TensorRecord]  # logical name -> the record as stored
     metadata: Mapping[str, str]  # name -> why it is metadata
     findings: tuple[Finding, ...] = ()
+    # FP8: metadata known by the name's last part alone (ending -> reason). prepare then makes no pass over the names:
+    # classify applies it once per name shape (classify_all's buffers_by_last) and api.analyse fills ``metadata``
+    metadata_by_last: Mapping[str, str] | None = None
 
 
 def _int(x: object) -> int | None:
@@ -272,6 +275,10 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
     packed_endings = _PACKED_ENDINGS.get(scheme.method, ())
     bnb4 = scheme.method == "bnb-4bit"
     by_last = _BY_LAST_PART.get(scheme.method)
+    if by_last is not None and not packed_endings and not any(ch.isdigit() for ending in by_last for ch in ending):
+        # fp8: nothing to unpack, and the metadata is found by classify (endings without digits: one answer per
+        # name shape)
+        return Prepared(tensors, scheme, MappingProxyType({}), MappingProxyType({}), tuple(_nothing_packed(scheme)), by_last)
     for t in tensors:
         name = t.name
         if by_last is not None:  # the method's metadata is known by the name's last part alone: one dict lookup
@@ -299,9 +306,16 @@ def prepare(checkpoint: Checkpoint) -> Prepared:
             packed[t.name] = t
             continue
         out.append(t)
-    if not packed and scheme.method not in ("fp8",):
-        findings.append(Finding("quantization", f"{scheme.evidence} but no packed tensors were recognised: counted as stored"))
+    if not packed:
+        findings.extend(_nothing_packed(scheme))
     return Prepared(tuple(out) if packed else tensors, scheme, MappingProxyType(packed), MappingProxyType(metadata), tuple(findings))
+
+
+def _nothing_packed(scheme: Scheme) -> list[Finding]:
+    """What to say when no packed tensor was recognised: nothing for fp8, which packs nothing."""
+    if scheme.method == "fp8":
+        return []
+    return [Finding("quantization", f"{scheme.evidence} but no packed tensors were recognised: counted as stored")]
 
 
 def _bits(nbytes: int, elements: int) -> float | None:

@@ -185,6 +185,8 @@ class Classification:
     # for each of ``experts``, an object shared by exactly the names equal but for their digits (classify's plan for
     # them), so ckptcount.moe works out an expert's kind and number position once per such name; () from gather
     expert_shapes: tuple = field(default=(), compare=False, repr=False)
+    # the names classify_all's ``buffers_by_last`` rule made buffers (quantization metadata), name -> reason, in order
+    buffers_by_last: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,28 @@ def test_the_inline_gathering_matches_gathering_afterwards_on_real_checkpoints()
         ties = find_ties(ck, index.records, index)
         assert ties == find_ties(ck, index.records) and ties  # gpt2 ties wte to the absent lm_head
         assert count(index.records, ties, index) == count(index.records, ties)
+
+
+FP8_PARTS = PARTS + ["weight_scale_inv", "weight_scale", "input_scale", "k_scale", "scale", "inv", "w1_scale", "weight_scale_invx"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(st.sampled_from(FP8_PARTS), min_size=1, max_size=6).map(".".join),
+                          st.sampled_from([(4, 4), (4,), ()]), st.sampled_from(["F32", "F8_E4M3", "I64"])), min_size=1, max_size=30),
+       st.sampled_from([None, "deepseek_v3", "ernie4_5_moe"]))
+def test_metadata_by_last_part_is_the_metadata_by_name(entries, model_type):
+    """classify_all's buffers_by_last (FP8 metadata, decided once per name shape) classifies and gathers exactly as
+    the same metadata given name by name (what quant.prepare's pass over the names gives: quant._meta_reason), names
+    stored twice included; the names it found are that map, in the same order."""
+    from ckptcount.quant import _BY_LAST_PART, Scheme, _meta_reason
+
+    tensors = [TensorRecord(n, dt, shape, "f.safetensors") for n, shape, dt in entries]
+    scheme = Scheme("fp8", 8, None, "test", {})
+    by_name: dict[str, str] = {}
+    for t in tensors:
+        reason = _meta_reason(t.name, scheme, set())
+        if reason is not None:
+            by_name.setdefault(t.name, reason)
+    by_rule = classify_all(tensors, model_type, None, _BY_LAST_PART["fp8"])
+    assert by_rule == classify_all(tensors, model_type, by_name)
+    assert list(by_rule.buffers_by_last.items()) == list(by_name.items())
