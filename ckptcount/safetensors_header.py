@@ -191,65 +191,94 @@ _MAX_FAST_RANK = 16  # the fast path's product of at most 16 dims stays a small 
 
 @cache
 def _msgspec() -> tuple:
-    """msgspec and the three decoders of :func:`_fast`, made on first use (:mod:`ckptcount.fastjson`)."""
+    """msgspec and the two decoders of :func:`_fast`, made on first use (:mod:`ckptcount.fastjson`)."""
+    from typing import Annotated, Literal
+
     import msgspec
 
-    # one tensor entry: exactly these three keys (a repeated key keeps its last value, which the colon count in
-    # _fast catches), JSON types checked, integers within 64 bits
-    fields = [("dtype", str), ("shape", tuple[int, ...]), ("data_offsets", tuple[int, int])]
-    Entry = msgspec.defstruct("Entry", fields, forbid_unknown_fields=True, gc=False)
-    # the header's members with each value left undecoded; a tensor entry; the metadata
-    return msgspec, msgspec.json.Decoder(dict[str, msgspec.Raw]), msgspec.json.Decoder(Entry), msgspec.json.Decoder(dict[str, str])
+    # One tensor entry: exactly these three keys (a repeated key keeps its last value, which the colon count in _fast
+    # catches); a dtype the format defines (a Literal: msgspec hands back the one interned string, no new object per
+    # tensor); at most 16 dims, each >= 1 (a zero dim goes to the rules, which check overflow before it); offsets >= 0.
+    # Anything else fails to decode, and the header goes to json and the rules.
+    dim = Annotated[int, msgspec.Meta(ge=1)]
+    offset = Annotated[int, msgspec.Meta(ge=0)]
+    fields = [
+        ("dtype", Literal[tuple(DTYPE_BITS)]),
+        ("shape", Annotated[tuple[dim, ...], msgspec.Meta(max_length=_MAX_FAST_RANK)]),
+        ("data_offsets", tuple[offset, offset]),
+    ]
+    entry = msgspec.defstruct("Entry", fields, forbid_unknown_fields=True, gc=False)
+    return msgspec, msgspec.json.Decoder(dict[str, entry]), msgspec.json.Decoder(dict[str, str])
 
 
 _DTYPE, _SHAPE, _OFFSETS = attrgetter("dtype"), attrgetter("shape"), attrgetter("data_offsets")
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _record = partial(tuple.__new__, TensorRecord)  # a TensorRecord from its nine fields, without a Python-level call
+_METADATA_FIRST = '{"__metadata__":{'  # how safetensors begins a header that has metadata (serde_json, compact)
+_WHOLE_BYTES = frozenset(d for d, bits in DTYPE_BITS.items() if bits % 8 == 0)
+_BYTES = {d: bits // 8 for d, bits in DTYPE_BITS.items()}
 
 
 def _fast(buf: bytes, file: str) -> tuple[list[TensorRecord], int, dict[str, str]] | None:
     """(records, where the data ends, metadata) of a header as ``safetensors`` writes it; None for any other header.
 
-    Accepted: valid UTF-8 without a backslash (so no JSON escapes: every string is its literal bytes), decoded by
-    msgspec as an object whose ``__metadata__`` (if any) maps strings to strings and whose every other member is an
-    ``Entry`` (:func:`_msgspec`); no duplicate key (the colon count of :func:`_no_duplicate_keys`); every dtype
-    known, no dim below 1, rank at most 16, in offset order from byte 0 without holes, each span the size its shape
-    and dtype give. The checks are C-level passes over whole columns (``map``, ``set``, list equality) and the
-    records are built the same way: no Python-level step per tensor. Every header this declines goes to ``json`` and
-    the entry-by-entry rules; accepting here implies they accept with the same records (tests/test_fuzz_safetensors).
+    Accepted: valid UTF-8 without a backslash (so no JSON escapes: every string is its literal bytes), either with
+    no ``__metadata__`` or with it first, compact, mapping strings to strings; every other member an ``Entry``
+    (:func:`_msgspec`: a known dtype, 1 to 16 dims each >= 1, offsets >= 0), decoded by msgspec in one call into a
+    dict; no duplicate key (the colon count of :func:`_no_duplicate_keys`); in offset order from byte 0 without
+    holes, each span the size its shape and dtype give. The metadata is cut off at the first ``}`` after its
+    ``{``: without backslashes and without nested objects, that slice decodes only if the ``}`` really closes it.
+    The remaining checks are C-level passes over whole columns (``map``, ``set``, list equality) and the records are
+    built the same way: no Python-level step per tensor. Every header this declines goes to ``json`` and the
+    entry-by-entry rules; accepting here implies they accept with the same records (tests/test_fuzz_safetensors).
     """
     if b"\\" in buf:
         return None
-    msgspec, top_decoder, entry_decoder, metadata_decoder = _msgspec()
+    msgspec, entries_decoder, metadata_decoder = _msgspec()
     try:
-        top = top_decoder.decode(buf.decode("utf-8"))
-        members = len(top)
-        raw_metadata = top.pop("__metadata__", None)
-        metadata = metadata_decoder.decode(raw_metadata) if raw_metadata is not None else {}
-        entries = list(map(entry_decoder.decode, top.values()))
-    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        text = buf.decode("utf-8")
+        metadata: dict[str, str] = {}
+        members = 0
+        if text.startswith(_METADATA_FIRST):
+            close = text.index("}", len(_METADATA_FIRST))
+            metadata = metadata_decoder.decode(text[len(_METADATA_FIRST) - 1 : close + 1])
+            after = text[close + 1 : close + 3]
+            if after == ',"':  # the tensors follow
+                text = "{" + text[close + 2 :]
+            elif after[:1] == "}" and not text[close + 2 :].strip(" \t\n\r"):  # metadata alone, then padding
+                text = "{}"
+            else:
+                return None
+            members = 1
+        entries = entries_decoder.decode(text)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError, ValueError):  # ValueError: no "}"
         return None
+    if "__metadata__" in entries:  # an entry-shaped __metadata__ (not first): the rules refuse it as metadata
+        return None
+    members += len(entries)
     if buf.count(b":") != members + len(metadata) + 3 * len(entries):  # a repeated key was dropped somewhere
         return None
     if not entries:
         return [], 0, metadata
-    dtypes, shapes, offsets = list(map(_DTYPE, entries)), list(map(_SHAPE, entries)), list(map(_OFFSETS, entries))
-    if not _BITS.keys() >= set(dtypes) or max(map(len, shapes)) > _MAX_FAST_RANK:
-        return None
-    dims = list(chain.from_iterable(shapes))
-    if dims and min(dims) < 1:  # a zero dim: the rules check overflow before it
-        return None
+    values = entries.values()
+    dtypes, shapes, offsets = list(map(_DTYPE, values)), list(map(_SHAPE, values)), list(map(_OFFSETS, values))
     begins, ends = list(map(_FIRST, offsets)), list(map(_SECOND, offsets))
     # in offset order from 0, each tensor starting where the one before ends; with every span >= 0 (checked below
     # against the dtype's size) this also gives 0 <= begin <= end, and the last end is the largest
     if begins[0] != 0 or begins[1:] != ends[:-1] or ends[-1] > _U64_MAX:
         return None
     numels = list(map(prod, shapes))
-    nbits = list(map(mul, numels, map(_BITS.__getitem__, dtypes)))
-    if max(nbits) > _U64_MAX or any(map(and_, nbits, repeat(7))) or list(map(rshift, nbits, repeat(3))) != list(map(sub, ends, begins)):
-        return None
+    spans = list(map(sub, ends, begins))
+    if _WHOLE_BYTES.issuperset(dtypes):  # each size is numel x bytes; nbits = 8 x that fits in 64 bits
+        sizes = list(map(mul, numels, map(_BYTES.__getitem__, dtypes)))
+        if max(sizes) > _U64_MAX >> 3 or sizes != spans:
+            return None
+    else:  # F4, F6: sizes in bits, which must come to whole bytes
+        nbits = list(map(mul, numels, map(_BITS.__getitem__, dtypes)))
+        if max(nbits) > _U64_MAX or any(map(and_, nbits, repeat(7))) or list(map(rshift, nbits, repeat(3))) != spans:
+            return None
     nothing = repeat(None)
-    records = list(map(_record, zip(top, dtypes, shapes, repeat(file), begins, ends, nothing, nothing, numels)))
+    records = list(map(_record, zip(entries, dtypes, shapes, repeat(file), begins, ends, nothing, nothing, numels)))
     return records, ends[-1], metadata
 
 
