@@ -7,10 +7,9 @@ regular files are opened.
 from __future__ import annotations
 
 import json
-from itertools import repeat
+from functools import cache
 from operator import attrgetter
 from pathlib import Path
-from functools import cache
 from types import MappingProxyType
 
 from . import fastjson
@@ -56,6 +55,7 @@ def _decode_index(raw: bytes) -> dict:
 
 
 def _fast_index(raw: bytes) -> dict | None:
+    """:func:`_decode_index`'s msgspec path; None for an index it leaves to ``json``."""
     if b"\\" in raw:
         return None
     msgspec, decoder = _msgspec()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 
 from .errors import CkptError
 from .records import COMPONENTS, Report

@@ -22,7 +22,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from functools import cache, partial
-from itertools import chain, repeat
+from itertools import repeat
 from math import prod
 from operator import and_, attrgetter, itemgetter, mul, rshift, sub
 from types import MappingProxyType
