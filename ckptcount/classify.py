@@ -184,9 +184,9 @@ def _plan(name: str, known: tuple | None = None, by_last: Mapping[str, str] | No
         if not p.isdecimal():
             word_digits.extend(pos + i for i, ch in enumerate(p) if ch in _ASCII_DIGITS)
         pos += len(p) + 1
-    shape_of_name = ".".join(["0" if p.isdecimal() else p for p in parts])
-    lookup = _with_known(_by_shape(shape_of_name), shape_of_name, known)
-    at = _layer_at(shape_of_name) if lookup[3] else None
+    shape = shape_of_name(name)
+    lookup = _with_known(_by_shape(shape), shape, known)
+    at = _layer_at(shape) if lookup[3] else None
     layer_span = None
     if at is not None:
         start = sum(len(p) + 1 for p in parts[: at[0]])
@@ -262,9 +262,8 @@ def classify_all(
     ``Classification.buffers_by_last``. Names no row knows that ``model_type``'s transformers class registers as
     persistent buffers are buffers too (:mod:`ckptcount.transformers_table`).
 
-    One pass, the records built by :func:`~ckptcount.records.classified` and the :class:`Classification` gathered as
-    they are made (:func:`gather` does the same from records): this runs once per tensor of repos with
-    90,000 of them.
+    One pass, the :class:`Classified` records and the :class:`Classification` gathered as they are made
+    (:func:`gather` does the same from records): this runs once per tensor of repos with 90,000 of them.
     """
     plans: dict[bytes, tuple] = {}
     ranks: dict[str, int] | None = None  # max rank per stem, built only if some name is unknown to every row
