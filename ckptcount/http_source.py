@@ -46,6 +46,17 @@ ERROR_BODY_LIMIT = 65_536  # bytes of an error body read for the message
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*$", re.IGNORECASE)
 
 
+
+def _httpx(session):
+    """The HTTP library ``session`` belongs to, for its exception types: huggingface_hub 2.x uses httpx2, 1.x httpx.
+
+    Asked of the session rather than tried by import, since both can be installed side by side.
+    """
+    import importlib
+
+    return importlib.import_module(type(session).__module__.partition(".")[0])
+
+
 class AuthError(CkptError):
     """401/403: a gated or private repository, or a token without access."""
 
@@ -128,8 +139,7 @@ class HubClient:
         """
         from huggingface_hub.utils import get_session
 
-        import httpx2
-
+        httpx = _httpx(get_session())
         extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else None
         waited = 0.0
         last = ""
@@ -153,9 +163,9 @@ class HubClient:
                         raise self._error(r, where)
                     else:
                         return self._body(r, where, byte_range, keep, limit)
-            except (httpx2.TransportError, httpx2.StreamError) as e:
+            except (httpx.TransportError, httpx.StreamError) as e:
                 last = f"{type(e).__name__}: {e}".rstrip(": ")
-                if isinstance(e, httpx2.ConnectError) and attempt == MAX_TRIES:
+                if isinstance(e, httpx.ConnectError) and attempt == MAX_TRIES:
                     raise NetworkError(where, f"cannot connect to {_origin(url)} ({e})") from None
             if attempt == MAX_TRIES:
                 break
