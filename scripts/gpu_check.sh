@@ -4,7 +4,7 @@
 #
 #     bash scripts/gpu_check.sh [OUTDIR]
 #
-# 1. the machine: GPU, driver, torch and its CUDA;
+# 1. the machine: GPU, driver, torch and its CUDA; the fixed costs of the GPU path (import, CUDA context, pinned memory);
 # 2. tests/test_verify.py, all of it: test_cuda_matches_cpu (skipped without CUDA) holds the GPU to the numpy CPU path,
 #    and the other tests show that `--device auto` choosing the GPU changes no result;
 # 3. scripts/bench_verify.py: cpu (numpy, torch) against cuda, locally and over the test Hub server;
@@ -31,6 +31,21 @@ step() { # step NAME COMMAND...: run, tee to OUTDIR/NAME.txt, remember the first
 step machine sh -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; \
 $py -c 'import sys, torch, numpy; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no CUDA device\", \"numpy\", numpy.__version__)'"
+step cuda_setup "$py" -c "
+import time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+ok = torch.cuda.is_available()
+t2 = time.perf_counter()
+torch.zeros(1, device='cuda')
+torch.cuda.synchronize()
+t3 = time.perf_counter()
+pinned = torch.empty(64 << 20, dtype=torch.uint8, pin_memory=True)
+t4 = time.perf_counter()
+print(f'fixed costs of the GPU path: import torch {t1 - t0:.2f} s, cuda.is_available() {t2 - t1:.2f} s, '
+      f'CUDA context {t3 - t2:.2f} s, 64 MiB of pinned host memory {t4 - t3:.3f} s')
+"
 step pytest_verify "$py" -m pytest -q -rs -p no:cacheprovider tests/test_verify.py
 step bench_verify "$py" scripts/bench_verify.py --workers 1,auto --repeat 5
 tmp=$(mktemp -d)
