@@ -15,7 +15,7 @@ run is repeated (--repeat, fresh processes) and the median wall is reported, wit
 printed before and after, since the numbers mean little on a busy machine. Usage:
 
     python scripts/bench_verify.py [--rows 50257] [--cols 1600] [--block-mib 64] [--workers 1,2] [--repeat 3]
-                                   [--skip-remote] [--json]
+                                   [--skip-remote] [--modes numpy-cpu,torch-cpu,torch-cuda] [--warm-kernels] [--json]
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def child(args: argparse.Namespace) -> None:
         torch.zeros(1, device=engine.device)
         torch.cuda.synchronize(engine.device)
         setup = {"cuda_init_s": time.perf_counter() - t0, "cuda_init_rss": _rss("VmRSS") - before}
+        if args.warm_kernels:  # load the kernels the verifier uses (lazily loaded code: host RSS) before the baseline
+            before = _rss("VmRSS")
+            raw = engine.host_buffer(1 << 16)
+            engine.pair(raw, "F32", raw, "F32", engine.work(1 << 14))
+            engine.release()
+            setup["kernels_rss"] = _rss("VmRSS") - before
     base = _rss("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS (Linux >= 4.0)
         f.write("5")
@@ -90,9 +96,10 @@ def make(folder: Path, rows: int, cols: int) -> Path:
     return folder
 
 
-def run_child(target: str, backend: str, device: str, block_mib: int, workers: str, env: dict | None = None) -> dict:
+def run_child(target: str, backend: str, device: str, block_mib: int, workers: str, env: dict | None = None,
+              warm_kernels: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--target", target, "--backend", backend, "--device", device,
-           "--block-mib", str(block_mib), "--workers", workers]
+           "--block-mib", str(block_mib), "--workers", workers] + (["--warm-kernels"] if warm_kernels else [])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if p.returncode != 0:
         raise SystemExit(f"child failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
@@ -105,7 +112,7 @@ def median_of(repeat: int, one) -> dict:
     out = dict(runs[0])
     out["walls"] = [r["wall_s"] for r in runs]
     out["wall_s"] = statistics.median(out["walls"])
-    for key in ("cpu_s", "cuda_init_s", "cuda_init_rss"):
+    for key in ("cpu_s", "cuda_init_s", "cuda_init_rss", "kernels_rss"):
         if key in out:
             out[key] = statistics.median(r[key] for r in runs)
     if "rss_peak" in out:
@@ -129,6 +136,9 @@ def main() -> None:
     ap.add_argument("--workers", default="1", help="comma-separated thread counts for the local runs (or auto)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-remote", action="store_true")
+    ap.add_argument("--modes", default="numpy-cpu,torch-cpu,torch-cuda", help="the local runs, among the default's")
+    ap.add_argument("--warm-kernels", action="store_true",
+                    help="cuda: run the verifier's kernels once on 64 KiB before the RSS baseline (their code is loaded lazily)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--target")
@@ -155,9 +165,10 @@ def main() -> None:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
         rows.append({"run": "cat (whole file, warm cache)", **median_of(args.repeat, lambda: cat_once(path))})
         modes = [("numpy", "cpu")] + ([("torch", "cpu")] if have_torch else []) + ([("torch", "cuda")] if cuda else [])
+        modes = [m for m in modes if "-".join(m) in args.modes.split(",")]
         for backend, device in modes:
             for w in args.workers.split(","):
-                one = lambda: run_child(str(folder), backend, device, args.block_mib, w)  # noqa: E731
+                one = lambda: run_child(str(folder), backend, device, args.block_mib, w, warm_kernels=args.warm_kernels)  # noqa: E731
                 rows.append({"run": f"local {backend} {device} w={w}", **median_of(args.repeat, one)})
         if not args.skip_remote:
             sys.path.insert(0, str(ROOT / "tests"))
@@ -169,7 +180,7 @@ def main() -> None:
                 env = dict(os.environ, HF_ENDPOINT=server.url, HF_HOME=str(Path(tmp) / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
                 env.pop("HF_TOKEN", None)
                 for backend, device in [("numpy", "cpu")] + ([("torch", "cuda")] if cuda else []):
-                    one = lambda: run_child("bench/xl", backend, device, args.block_mib, "auto", env)  # noqa: E731
+                    one = lambda: run_child("bench/xl", backend, device, args.block_mib, "auto", env, args.warm_kernels)  # noqa: E731
                     rows.append({"run": f"test server {backend} {device}", **median_of(args.repeat, one)})
             finally:
                 server.close()
@@ -199,7 +210,8 @@ def main() -> None:
     for r in rows:
         if "cuda_init_s" in r:
             print(f"{r['run']}: CUDA context set up before the clock and the RSS baseline: "
-                  f"{r['cuda_init_s']:.2f} s, {r['cuda_init_rss'] / 2**20:.0f} MiB of host RSS (median)")
+                  f"{r['cuda_init_s']:.2f} s, {r['cuda_init_rss'] / 2**20:.0f} MiB of host RSS (median)"
+                  + (f"; then the verifier's kernels loaded: {r['kernels_rss'] / 2**20:.0f} MiB" if "kernels_rss" in r else ""))
     print("walls: " + "; ".join(f"{r['run']}: " + ", ".join(f"{w:.2f}" for w in r["walls"]) for r in rows))
 
 
