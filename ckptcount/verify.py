@@ -175,6 +175,10 @@ class _Numpy:
     def host_buffer(self, n: int) -> memoryview:
         return memoryview(bytearray(n))
 
+    def host_bytes(self, n: int) -> int:
+        """Host memory that ``host_buffer(n)`` takes."""
+        return n
+
     def release(self) -> None:
         """Nothing to release: the block buffers are garbage once compare() drops them."""
 
@@ -288,6 +292,11 @@ class _Torch:
         pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
         self._pinned.append(pinned)
         return memoryview((ctypes.c_char * n).from_address(pinned.data_ptr())).cast("B")
+
+    def host_bytes(self, n: int) -> int:
+        """Host memory that ``host_buffer(n)`` takes: torch's pinned-memory allocator rounds a block up to a power of
+        two (a 10 MiB block takes 16 MiB; measured on an H100 in docs/verify.md)."""
+        return 1 << (n - 1).bit_length() if self.cuda and n > 0 else n
 
     def release(self) -> None:
         """Free the pinned blocks of the last compare(), once no copy from them can still be in flight."""
@@ -561,12 +570,24 @@ def compare(
             step = room // max(1, per_row + cols * per_elem)
         return min(max(1, step), rows)
 
+    def host_cost(step: int, sets: int) -> int:
+        """Bytes of the buffer sets as the engine allocates them (pinned blocks are rounded up: see host_bytes)."""
+        sizes = [step * cols * ia] + [step * cols * ib] * ((1 if tb else 0) + (1 if transposed else 0))
+        return sets * sum(engine.host_bytes(n) for n in sizes)
+
     # with threads and more than one block, two buffer sets (each half the room): the next block is read while this
     # one is reduced
     step = rows_per_block(1)
     sets = 2 if threads > 1 and step < rows else 1
     if sets == 2:
         step = rows_per_block(2)
+    limit = room - min(engine.chunk, step * cols) * per_elem  # what the buffers were given: the rest is work arrays
+    if host_cost(step, sets) > limit:  # an engine that rounds its blocks up: the largest step whose blocks still fit
+        lo, hi = 1, step
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if host_cost(mid, sets) <= limit else (lo, mid - 1)
+        step = lo
     chunk = min(engine.chunk, step * cols)
     buffers = [
         (engine.host_buffer(step * cols * ia), engine.host_buffer(step * cols * ib) if tb else None,

@@ -467,6 +467,48 @@ def test_peak_memory_stays_within_the_block_budget(tmp_path, budget):
     assert 0.5 * budget < peak <= 1.2 * budget, peak / budget
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_blocks_rounded_up_by_the_engine_still_fit_the_budget(tmp_path, transposed):
+    """torch's pinned-memory allocator rounds each block up to a power of two (on an H100, a remote comparison under
+    the 64 MiB budget pinned 88 MiB). compare() sizes blocks by what the engine allocates: here a numpy engine that
+    rounds the same way. The allocated blocks fit the budget, and the numbers equal those of exact-sized blocks."""
+    from ckptcount.verify import _Numpy
+
+    class Rounding(_Numpy):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def host_bytes(self, n):
+            return 1 << (n - 1).bit_length() if n else 0
+
+        def host_buffer(self, n):
+            self.sizes.append(self.host_bytes(n))
+            return super().host_buffer(n)
+
+        def work(self, n):
+            self.sizes.append(self.work_bytes // self.chunk * n)  # float64 [2, n] and [n], uint32 [n]
+            return super().work(n)
+
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((3000, 96), dtype=np.float32)  # rows of 384 bytes: exact blocks are never powers of two
+    head = emb + np.float32(0.01) * rng.standard_normal(emb.shape, dtype=np.float32)
+    head = head.T.copy() if transposed else head
+    folder = _write(tmp_path / "r", {"model.embed_tokens.weight": torch.from_numpy(emb),
+                                    "lm_head.weight": torch.from_numpy(head)}, {"tie_word_embeddings": False})
+    loc, _ = _locate_all(folder)
+    a, b = loc["model.embed_tokens.weight"], loc["lm_head.weight"]
+    budget = 600_000
+    rounding = Rounding()
+    got = compare(a, b, engine=rounding, block_bytes=budget, workers=2)
+    plain = compare(a, b, engine=resolve("cpu", "numpy"), block_bytes=budget, workers=2)
+    assert len(rounding.sizes) == 2 * (3 if transposed else 2) + 1  # two buffer sets, one computing thread
+    assert 0.4 * budget < sum(rounding.sizes) <= budget  # blocks and work arrays, as allocated
+    assert got.bytes_read == plain.bytes_read == 2 * emb.nbytes
+    assert got.pearson_r == pytest.approx(plain.pearson_r, abs=1e-12)
+    assert got.max_abs_diff == plain.max_abs_diff and got.identical is plain.identical is False
+
+
 def test_short_file_is_a_one_line_not_verified_finding(ckpts, tmp_path):
     """The file shrank after its header was read: the read stops at the end of the file and says where."""
     import shutil
