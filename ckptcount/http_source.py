@@ -46,7 +46,6 @@ ERROR_BODY_LIMIT = 65_536  # bytes of an error body read for the message
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)\s*$", re.IGNORECASE)
 
 
-
 def _httpx(session):
     """The HTTP library ``session`` belongs to, for its exception types: huggingface_hub 2.x uses httpx2, 1.x httpx.
 
