@@ -46,8 +46,7 @@ def child(args: argparse.Namespace) -> None:
     engine = resolve(args.device, args.backend)
     setup = {}
     if engine.cuda:  # the CUDA context is a fixed cost of any GPU work, not the verifier's: set it up before the clock
-        import torch
-
+        torch = engine.torch
         before, t0 = _rss("VmRSS"), time.perf_counter()
         torch.zeros(1, device=engine.device)
         torch.cuda.synchronize(engine.device)
