@@ -438,7 +438,8 @@ class PickleMachine:
                 self._flag(cls, "calls")
                 stack.append(Opaque(f"{cls}()"))
             elif op == 0x92:  # NEWOBJ_EX
-                _kwargs, args, cls = pop(), pop(), pop()
+                pop()  # the keyword arguments: never used, the call is not made
+                args, cls = pop(), pop()
                 self._flag(cls, "calls")
                 stack.append(Opaque(f"{cls}()"))
             elif op == 0x69:  # INST
@@ -455,7 +456,7 @@ class PickleMachine:
                 self._flag(items[0], "calls")
                 stack.append(Opaque(f"{items[0]}()"))
             elif op == 0x62:  # BUILD: __setstate__ / attribute update. Tensors, Parameters, dicts only.
-                state = pop()
+                pop()  # the state: nothing is applied; only what it is applied to is checked
                 obj = top()
                 if not isinstance(obj, (TensorRef, PDict, Opaque)):
                     raise self._error(f"BUILD on a {type(obj).__name__}")

@@ -25,7 +25,6 @@ from ckptcount import CkptError, audit, load
 from ckptcount.cli import main
 from ckptcount.errors import TorchFileError
 from ckptcount.formats import read_file
-from ckptcount.sources import LocalFile
 from ckptcount.torch_zip import MAX_PICKLE_BYTES
 
 # ------------------------------------------------------------------------------------------------ building blocks

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import struct
 import sys
 import zipfile
