@@ -458,7 +458,7 @@ def test_cache_follows_a_moved_branch_and_survives_corruption(hub, tmp_path):
     hub.reset_log()
     assert audit("openai-community/gpt2").counts.parameters == 354_823_168
     assert len(hub.settled()) > 1  # resolved, then fetched
-    for entry in (tmp_path / "hf" / "ckptcount").rglob("*.json"):
+    for entry in (tmp_path / "hf" / "ckptcount").rglob("*.entry"):
         entry.write_text("{not json")
     hub.reset_log()
     assert audit("openai-community/gpt2").counts.parameters == 354_823_168

@@ -1,13 +1,13 @@
 """The faster Hub path reports exactly what the slower one did: shard headers fetched by worker threads and parsed in
-the calling thread, the header cache written without re-encoding, the garbage collector paused only while parsing.
+the calling thread, the header cache written without encoding the bytes, the garbage collector paused only while
+parsing.
 
-Oracles: the stdlib (``json.dumps`` + ``base64`` for the cache entry, a byte-set for range merging), parameter counts
+Oracles: the stdlib (``json.loads`` and slicing for the cache entry, a byte-set for range merging), parameter counts
 computed here from the shapes written, and the local path's own reader on the same bytes for error messages.
 """
 
 from __future__ import annotations
 
-import base64
 import gc
 import json
 import random
@@ -139,30 +139,44 @@ def test_gc_is_restored_as_it_was(monkeypatch):
     assert gc.isenabled()
 
 
-def test_cache_entry_is_the_json_document_it_always_was(tmp_path, monkeypatch):
+def test_cache_entry_is_a_json_line_then_the_bytes(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPTCOUNT_CACHE", str(tmp_path))
     rng = random.Random(7)
     # untrusted names from a listing or index: quotes, backslashes, control characters, non-ASCII, a JSON-looking name
     names = ['a"b.safetensors', "c\\u0001d.safetensors", "e\x01f\n.safetensors", "ünï.safetensors", '"],"x":[1,"']
     files = {}
     for n in names:
-        segs = [(0, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))), (1000, b"\x00\xff" * 3)]
+        segs = [(0, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))), (1000, b"\x00\xff\n" * 3)]
         files[n] = {"size": 5000, "segments": segs}
     listing = {n: 5000 for n in names} | {"config.json": None}
-    config, index = b'{"model_type": "gpt2"}', None
+    config, index = b'{"model_type": "gpt2"}\n', None
     sha = "a" * 40
     got = b"".join(cache.entry_bytes("o/r", sha, "sub/dir", listing, config, index, {n: {"size": f["size"], "segments": [(o, memoryview(d)) for o, d in f["segments"]]} for n, f in files.items()}))
-    oracle = {
-        "version": cache.VERSION, "repo": "o/r", "sha": sha, "sub": "sub/dir", "listing": listing, "listed": True,
-        "config": base64.b64encode(config).decode(), "index": None,
-        "files": {n: {"size": f["size"], "segments": [[o, base64.b64encode(d).decode()] for o, d in f["segments"]]} for n, f in files.items()},
-    }
-    assert json.loads(got) == oracle
+    # oracle: the line is the JSON of what the entry holds; each [start, length] finds its bytes after the line
+    line, rest = got.split(b"\n", 1)
+    head = json.loads(line)
+    assert {k: head[k] for k in ("version", "repo", "sha", "sub", "listing", "listed", "index")} == {
+        "version": cache.VERSION, "repo": "o/r", "sha": sha, "sub": "sub/dir", "listing": listing, "listed": True, "index": None}
+    start, length = head["config"]
+    assert rest[start : start + length] == config
+    assert list(head["files"]) == names
+    for n, f in files.items():
+        assert head["files"][n]["size"] == 5000
+        assert [(o, rest[s : s + ln]) for o, s, ln in head["files"][n]["segments"]] == f["segments"]
+    assert len(rest) == len(config) + sum(len(d) for f in files.values() for _, d in f["segments"])  # each byte once
     cache.save("http://h:1", "o/r", sha, "sub/dir", listing=listing, config=config, index=index, files=files)
     entry = cache.load("http://h:1", "o/r", sha, "sub/dir")
     assert entry["config"] == config and entry["index"] is None and entry["listing"] == listing
     assert entry["files"] == {n: {"size": 5000, "segments": f["segments"]} for n, f in files.items()}
     assert [p.name for p in Path(tmp_path).rglob(".tmp-*")] == []
+    # a damaged entry is ignored (refetched online), never half-read
+    [path] = Path(tmp_path).rglob("*.entry")
+    whole = path.read_bytes()
+    for damaged in (whole[:-1], whole[: len(line) + 1], whole[: len(line) // 2], b"", b"\n" + whole, line.replace(b'"version":2', b'"version":1') + whole[len(line) :]):
+        path.write_bytes(damaged)
+        assert cache.load("http://h:1", "o/r", sha, "sub/dir") is None
+    path.write_bytes(whole)
+    assert cache.load("http://h:1", "o/r", sha, "sub/dir") == entry
 
 
 def test_merge_ranges_against_a_byte_set():
