@@ -95,31 +95,51 @@ def save_ref(endpoint: str, repo: str, revision: str, sha: str) -> None:
 
 
 def load(endpoint: str, repo: str, sha: str, sub: str) -> dict | None:
-    """The cached entry for this commit and subfolder, decoded, or None."""
+    """The cached entry for this commit and subfolder, decoded, or None: also when it does not parse, or any field is
+    not of the type written (a damaged entry is fetched again, never half-replayed)."""
     path = _repo_dir(endpoint, repo) / _entry_name(sha, sub)
     try:
         data = path.read_bytes()
         end = data.index(b"\n")
         obj = json.loads(data[:end])
-        if obj.get("version") != VERSION or obj.get("sha") != sha or obj.get("sub") != sub:
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or obj.get("version") != VERSION or obj.get("sha") != sha or obj.get("sub") != sub:
+        return None
+    blobs = memoryview(data)[end + 1 :]
+
+    def blob(span) -> bytes:
+        if not (isinstance(span, list) and len(span) == 2 and all(_count(x) for x in span) and span[0] + span[1] <= len(blobs)):
+            raise ValueError("not a range of the entry")
+        return blobs[span[0] : span[0] + span[1]].tobytes()
+
+    try:
+        listing, files = obj["listing"], obj["files"]
+        if not (isinstance(listing, dict) and all(v is None or _count(v) for v in listing.values())):
             return None
-        blobs = memoryview(data)[end + 1 :]
-
-        def blob(span) -> bytes:
-            start, length = span
-            if type(start) is not int or type(length) is not int or start < 0 or length < 0 or start + length > len(blobs):
-                raise ValueError("range outside the entry")
-            return blobs[start : start + length].tobytes()
-
+        if not isinstance(obj.get("listed", True), bool) or not isinstance(files, dict):
+            return None
         obj["config"] = None if obj.get("config") is None else blob(obj["config"])
         obj["index"] = None if obj.get("index") is None else blob(obj["index"])
-        files = {}
-        for name, f in obj["files"].items():
-            files[name] = {"size": f["size"], "segments": [(int(o), blob(span)) for o, *span in f["segments"]]}
-        obj["files"] = files
-        return obj
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        decoded = {}
+        for name, f in files.items():
+            if not (isinstance(f, dict) and _count(f.get("size")) and isinstance(f.get("segments"), list)):
+                return None
+            segments = []
+            for seg in f["segments"]:
+                if not (isinstance(seg, list) and len(seg) == 3 and _count(seg[0])):
+                    return None
+                segments.append((seg[0], blob(seg[1:])))
+            decoded[name] = {"size": f["size"], "segments": segments}
+    except (KeyError, ValueError):
         return None
+    obj["files"] = decoded
+    return obj
+
+
+def _count(x) -> bool:
+    """A JSON integer >= 0 (not a bool, not a float)."""
+    return type(x) is int and x >= 0
 
 
 def save(

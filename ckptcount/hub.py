@@ -430,6 +430,8 @@ class _Hub:
         else:
             _, index, names, findings = choose(set(here), self.target)
         if index is not None:
+            if entry["index"] is None:  # the entry lacks what its listing says was read
+                return self._refetch(sha)
             weight_map, index_meta = parse_index(entry["index"], self.where(prefix + index))
             names = sorted(set(weight_map.values()))
             findings.extend(unreferenced_shards(here, names, index))

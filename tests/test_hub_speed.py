@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import struct
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ckptcount import cache, http_source, hub
 from ckptcount.api import audit
@@ -177,6 +180,60 @@ def test_cache_entry_is_a_json_line_then_the_bytes(tmp_path, monkeypatch):
         assert cache.load("http://h:1", "o/r", sha, "sub/dir") is None
     path.write_bytes(whole)
     assert cache.load("http://h:1", "o/r", sha, "sub/dir") == entry
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**7) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(node, at=()):
+    """Every place in a JSON document, as the keys and positions leading to it."""
+    yield at
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in children:
+        yield from _paths(v, at + (k,))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_damaged_cache_entry_is_fetched_again_never_half_replayed(server, monkeypatch, data):
+    """Any one value of an entry's JSON line replaced by any JSON value (or the bytes cut short): ``load`` gives None or
+    fields of the types written, and an offline replay reports or fails with ckptcount's own error, never another."""
+    if "o/cached" not in server.repos:  # once: the server and HF_HOME last for every example
+        files, total = sharded_repo([None, None, None])
+        server.add("o/cached", files)
+        assert audit("o/cached").counts.parameters == total
+        [server.entry] = Path(os.environ["HF_HOME"]).rglob("*.entry")
+        server.pristine = server.entry.read_bytes()
+    path, pristine = server.entry, server.pristine
+    line, rest = pristine.split(b"\n", 1)
+    head = json.loads(line)
+    sha = head["sha"]
+    where = data.draw(st.sampled_from([p for p in _paths(head) if p]))
+    value = data.draw(JSON_VALUES)
+    node = head
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    damaged = json.dumps(head).encode() + b"\n" + rest[: data.draw(st.integers(0, len(rest)))]
+    path.write_bytes(damaged)
+    entry = cache.load(server.url, "o/cached", sha, "")
+    if entry is not None:
+        assert all(v is None or type(v) is int for v in entry["listing"].values())
+        assert all(b is None or type(b) is bytes for b in (entry["config"], entry["index"]))
+        for f in entry["files"].values():
+            assert type(f["size"]) is int and all(type(o) is int and type(d) is bytes for o, d in f["segments"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        audit("o/cached")
+    except CkptError:
+        pass
+    finally:
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        path.write_bytes(pristine)
 
 
 def test_merge_ranges_against_a_byte_set():
