@@ -149,9 +149,12 @@ def save(
     """Write one entry: ``files`` maps a file name to {"size": int, "segments": [(offset, bytes-like), ...]}.
 
     ``listed``: ``listing`` is the repo's listing; False when it only names the files read (a sharded repo read
-    without the listing). Entries written before this flag existed were all listed."""
+    without the listing). Entries written before this flag existed were all listed. The version-1 entry of the same
+    commit (``.json``), which this version never reads, is removed."""
+    path = _repo_dir(endpoint, repo) / _entry_name(sha, sub)
     try:
-        _write_atomic(_repo_dir(endpoint, repo) / _entry_name(sha, sub), entry_bytes(repo, sha, sub, listing, config, index, files, listed))
+        _write_atomic(path, entry_bytes(repo, sha, sub, listing, config, index, files, listed))
+        path.with_suffix(".json").unlink(missing_ok=True)
     except OSError:
         pass
 

@@ -9,6 +9,7 @@ computed here from the shapes written, and the local path's own reader on the sa
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import random
@@ -167,7 +168,11 @@ def test_cache_entry_is_a_json_line_then_the_bytes(tmp_path, monkeypatch):
         assert head["files"][n]["size"] == 5000
         assert [(o, rest[s : s + ln]) for o, s, ln in head["files"][n]["segments"]] == f["segments"]
     assert len(rest) == len(config) + sum(len(d) for f in files.values() for _, d in f["segments"])  # each byte once
+    legacy = tmp_path / "h_1" / "models--o--r" / f"{sha}--{hashlib.sha256(b'sub/dir').hexdigest()[:16]}.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('{"version": 1}')  # the same commit's entry as version 1 wrote it: never read again
     cache.save("http://h:1", "o/r", sha, "sub/dir", listing=listing, config=config, index=index, files=files)
+    assert not legacy.exists() and [p.name for p in legacy.parent.iterdir()] == [legacy.with_suffix(".entry").name]
     entry = cache.load("http://h:1", "o/r", sha, "sub/dir")
     assert entry["config"] == config and entry["index"] is None and entry["listing"] == listing
     assert entry["files"] == {n: {"size": 5000, "segments": f["segments"]} for n, f in files.items()}
