@@ -18,7 +18,7 @@ from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
 from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
-from .sources import LocalFile, inside
+from .sources import LocalFile, inside, real_roots
 
 _NAME = attrgetter("name")
 MAX_INDEX_BYTES = 100_000_000
@@ -243,10 +243,10 @@ def load_local(target: str) -> Checkpoint:
         findings.extend(unreferenced_shards((p.name for p in root.iterdir()), names, index))
 
     reads: dict[str, FileRead] = {}
-    real_root = root.resolve()
+    roots = real_roots(root) if index is not None else None
     index_where = where(index) if index is not None else None
     for name in names:
-        file_path = inside(root, name, index_where, real_root) if index is not None else root / name
+        file_path = inside(root, name, index_where, roots) if index is not None else root / name
         shown = where(name)
         reads[name] = read_file(LocalFile(file_path, shown), name, shown)
 

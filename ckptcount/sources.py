@@ -1,31 +1,58 @@
 """Local byte sources: a regular file read with positioned reads, counting every byte it hands out.
 
 Only regular files are opened (a FIFO, a device or a directory named as a shard is refused before open), and
-:func:`inside` keeps every path that came from a checkpoint's own files (index entries, symlinks) within its folder.
+:func:`inside` keeps every path that came from a checkpoint's own files (index entries, symlinks) within its folder
+(for a snapshot in the Hugging Face cache, its folder and the repo's ``blobs/``: :func:`real_roots`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 from .errors import ReadError, TargetNotFound, UnsafePath
 
+_CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")  # a repo's folder in the Hugging Face cache
 
-def inside(root: Path, name: str, where: str, real_root: Path | None = None) -> Path:
-    """Resolve ``name`` (from an index or a listing) under ``root``; refuse anything that leaves it, symlinks included.
 
-    ``real_root``: ``root.resolve()``, when the caller checks many names under one root."""
+def real_roots(root: Path) -> tuple[Path, ...]:
+    """The real folders that the files of a checkpoint at ``root`` may resolve into.
+
+    ``root`` itself and, when ``root`` is a snapshot in the Hugging Face cache (or a folder inside one), that repo's
+    ``blobs/`` folder: ``hf download`` and ``from_pretrained`` lay a snapshot out as
+    ``<cache>/models--org--name/snapshots/<commit>/model-00001-of-00002.safetensors -> ../../blobs/<hash>``, so every
+    file of a downloaded sharded model resolves there. The layout is huggingface_hub's (``file_download``); it is
+    matched by folder names here, not through huggingface_hub, whose import costs ~0.15 s on a path that imports
+    nothing else. Only a real ``blobs`` folder counts, not a symlink: a crafted tree with ``blobs -> /`` gains nothing.
+    """
+    real = root.resolve()
+    for folder in (real, *real.parents):
+        snapshots = folder.parent
+        repo = snapshots.parent
+        if snapshots.name == "snapshots" and _CACHE_REPO.fullmatch(repo.name):
+            blobs = repo / "blobs"
+            if blobs.is_dir() and not blobs.is_symlink():
+                return real, blobs
+            break
+    return (real,)
+
+
+def inside(root: Path, name: str, where: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """Resolve ``name`` (from an index or a listing) under ``root``; refuse anything that leaves it, symlinks included
+    (a symlink into the repo's ``blobs/`` of a Hugging Face cache snapshot stays in: :func:`real_roots`).
+
+    ``roots``: ``real_roots(root)``, when the caller checks many names under one root."""
     if not name or os.path.isabs(name) or "\\" in name or "\x00" in name:
         raise UnsafePath(where, f"path {name!r} is not a plain relative path")
     if any(part == ".." for part in Path(name).parts):
         raise UnsafePath(where, f"path {name!r} leaves the checkpoint directory")
-    real_root = real_root or root.resolve()
     path = (root / name).resolve()
-    if path != real_root and real_root not in path.parents:
-        raise UnsafePath(where, f"path {name!r} resolves outside the checkpoint directory")
-    return path
+    for real_root in roots or real_roots(root):
+        if path == real_root or real_root in path.parents:
+            return path
+    raise UnsafePath(where, f"path {name!r} resolves outside the checkpoint directory")
 
 
 class LocalFile:

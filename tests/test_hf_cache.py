@@ -1,0 +1,136 @@
+"""Checkpoints inside the Hugging Face cache: a snapshot folder's files are symlinks into the repo's ``blobs/``.
+
+The cache here is made by huggingface_hub itself (``snapshot_download`` from the stand-in Hub), not laid out by hand,
+so the test follows whatever layout the installed huggingface_hub writes. Crafted trees check that only the repo's
+own ``blobs/`` is let in.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hubserver import load_dir
+
+from ckptcount import audit
+from ckptcount.errors import UnsafePath
+from ckptcount.sources import real_roots
+from test_local import S1, S2, A, B, write_sharded
+
+
+@pytest.fixture(scope="module")
+def tiny_sharded(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=131, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("tiny-sharded")
+    model.save_pretrained(folder, max_shard_size="40KB")
+    return folder, sum(p.numel() for p in model.parameters())  # torch dedups the tied head
+
+
+def _counted(report) -> tuple:
+    c = report.counts
+    return (c.parameters, c.weights, c.biases, c.buffers, [g.names for g in report.ties], [f.path for f in report.checkpoint.files])
+
+
+def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_sharded, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    folder, oracle = tiny_sharded
+    stand_in_hub.add("org/tiny", load_dir(folder))
+    snapshot = snapshot_download("org/tiny", cache_dir=str(tmp_path / "cache"), endpoint=stand_in_hub.url)
+    shards = sorted(n for n in os.listdir(snapshot) if n.endswith(".safetensors"))
+    assert len(shards) >= 3 and all(os.path.islink(os.path.join(snapshot, n)) for n in shards)  # the cache's layout
+    report = audit(snapshot)
+    assert report.counts.parameters == oracle
+    assert _counted(report) == _counted(audit(str(folder)))
+    # the index named directly, and a sharded set in a subfolder of the snapshot's real path
+    assert _counted(audit(os.path.join(snapshot, "model.safetensors.index.json"))) == _counted(report)
+
+
+def test_a_snapshot_in_a_subfolder_of_the_repo(tmp_path):
+    repo = tmp_path / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    sub = repo / "snapshots" / "0123abcd" / "text_encoder"
+    write_sharded(tmp_path / "src", {S1: A, S2: B})
+    sub.mkdir(parents=True)
+    for i, name in enumerate(sorted(os.listdir(tmp_path / "src"))):
+        os.replace(tmp_path / "src" / name, repo / "blobs" / f"h{i}")
+        os.symlink(f"../../../blobs/h{i}", sub / name)
+    assert real_roots(sub) == (sub.resolve(), (repo / "blobs").resolve())
+    assert audit(str(sub)).counts.parameters == 24
+
+
+def _cache_tree(tmp_path, link_for_s2: str, *, blobs_link: str | None = None):
+    """models--org--m with S1 and the index in blobs/, S2 a symlink to ``link_for_s2``; blobs itself a symlink to
+    ``blobs_link`` when given."""
+    write_sharded(tmp_path / "src", {S1: A, S2: B})
+    repo = tmp_path / "models--org--m"
+    snapshot = repo / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    store = tmp_path / "elsewhere" if blobs_link else repo / "blobs"
+    store.mkdir()
+    if blobs_link:
+        os.symlink(blobs_link, repo / "blobs")
+    for name in ("model.safetensors.index.json", S1):
+        os.replace(tmp_path / "src" / name, store / name)
+        os.symlink(f"../../blobs/{name}", snapshot / name)
+    os.symlink(link_for_s2, snapshot / S2)
+    return snapshot
+
+
+def test_a_snapshot_symlink_that_leaves_blobs_is_refused(tmp_path):
+    snapshot = _cache_tree(tmp_path, str(tmp_path / "src" / S2))  # a real shard, but outside the repo's blobs
+    with pytest.raises(UnsafePath, match=f"path '{S2}' resolves outside the checkpoint directory"):
+        audit(str(snapshot))
+    # the same file moved into blobs is counted
+    os.replace(tmp_path / "src" / S2, tmp_path / "models--org--m" / "blobs" / S2)
+    os.unlink(snapshot / S2)
+    os.symlink(f"../../blobs/{S2}", snapshot / S2)
+    assert audit(str(snapshot)).counts.parameters == 24
+
+
+def test_blobs_as_a_symlink_lets_nothing_in(tmp_path):
+    # a crafted tree: blobs -> elsewhere/ (which holds the other files); the snapshot's S2 points into elsewhere/ too
+    snapshot = _cache_tree(tmp_path, f"../../../src/{S2}", blobs_link=str(tmp_path / "elsewhere"))
+    assert real_roots(snapshot) == (snapshot.resolve(),)
+    with pytest.raises(UnsafePath, match="resolves outside the checkpoint directory"):
+        audit(str(snapshot))
+
+
+@pytest.mark.parametrize("repo_folder", ["models--org--m", "datasets--org--d", "spaces--org--s"])
+def test_only_a_cache_repo_folder_with_snapshots_and_blobs_counts(tmp_path, repo_folder):
+    snapshot = tmp_path / repo_folder / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    assert real_roots(snapshot) == (snapshot.resolve(),)  # no blobs/ yet
+    (tmp_path / repo_folder / "blobs").mkdir()
+    assert real_roots(snapshot) == (snapshot.resolve(), (tmp_path / repo_folder / "blobs").resolve())
+    for other in (tmp_path / "models-org" / "snapshots" / "abc", tmp_path / "x" / "snapshot" / "abc"):
+        other.mkdir(parents=True)
+        (other.parent.parent / "blobs").mkdir()
+        assert real_roots(other) == (other.resolve(),)
+
+
+def test_verify_ties_reads_the_embedding_and_head_through_the_snapshot(stand_in_hub, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from huggingface_hub import snapshot_download
+
+    from ckptcount.verify import local_opener, verify_report
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=131, n_positions=64, tie_word_embeddings=False)
+    model = transformers.GPT2LMHeadModel(config)
+    model.lm_head.weight.data.copy_(model.transformer.wte.weight.data)  # untied, identical: verify must read both
+    model.save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    stand_in_hub.add("org/untied", load_dir(tmp_path / "src"))
+    snapshot = snapshot_download("org/untied", cache_dir=str(tmp_path / "cache"), endpoint=stand_in_hub.url)
+    opener = local_opener(snapshot)
+    report = verify_report(audit(snapshot), device="cpu", open_source=opener)
+    check = report.verification.embedding_vs_head
+    assert check.identical and check.pearson_r == pytest.approx(1.0)
+    assert check.bytes_read == 2 * 131 * 32 * 4
+    files = {f.path for f in report.checkpoint.files}
+    assert len(files) >= 2 and set(opener.opened) <= files and all(os.path.islink(os.path.join(snapshot, n)) for n in opener.opened)
