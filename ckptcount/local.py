@@ -18,7 +18,7 @@ from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
 from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
-from .sources import LocalFile, inside, real_roots
+from .sources import LocalFile, cache_snapshot, inside, real_roots
 
 _NAME = attrgetter("name")
 MAX_INDEX_BYTES = 100_000_000
@@ -220,6 +220,8 @@ def load_local(target: str) -> Checkpoint:
     if not path.exists():
         raise TargetNotFound(target, "no such file or directory")
     is_dir = path.is_dir()
+    if is_dir and (snapshot := cache_snapshot(path, target)) is not None:
+        path = snapshot  # the report keeps the target as given
     root = path if is_dir else path.parent
     findings: list[Finding] = []
     index = weight_map = None

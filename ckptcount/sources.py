@@ -39,6 +39,27 @@ def real_roots(root: Path) -> tuple[Path, ...]:
     return (real,)
 
 
+def cache_snapshot(folder: Path, where: str) -> Path | None:
+    """The snapshot that a repo folder of the Hugging Face cache (``models--org--name``, holding ``snapshots/``) stands
+    for: the commit its ``refs/main`` names, as ``from_pretrained`` would load it offline, else its only snapshot.
+    None for any other folder. ``refs/main`` is read as a plain folder name under ``snapshots/`` (:func:`inside`)."""
+    snapshots = folder / "snapshots"
+    if not (_CACHE_REPO.fullmatch(folder.resolve().name) and snapshots.is_dir()):
+        return None
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        source = LocalFile(ref, f"{where}/refs/main")
+        commit = source.read(0, min(source.size(), 256)).decode("ascii", "replace").strip()
+        snapshot = inside(snapshots, commit, f"{where}/refs/main")
+        if not snapshot.is_dir():
+            raise TargetNotFound(where, f"refs/main names commit {commit!r}, which has no snapshot here")
+        return snapshot
+    found = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+    if len(found) != 1:
+        raise TargetNotFound(where, f"a Hugging Face cache folder with {len(found)} snapshots and no refs/main; name one: {', '.join(found[:5]) or 'none'}")
+    return snapshots / found[0]
+
+
 def inside(root: Path, name: str, where: str, roots: tuple[Path, ...] | None = None) -> Path:
     """Resolve ``name`` (from an index or a listing) under ``root``; refuse anything that leaves it, symlinks included
     (a symlink into the repo's ``blobs/`` of a Hugging Face cache snapshot stays in: :func:`real_roots`).

@@ -49,7 +49,7 @@ from .records import (
     Verification,
 )
 from .safetensors_header import ByteSource
-from .sources import LocalFile, inside
+from .sources import LocalFile, cache_snapshot, inside
 
 DEFAULT_BLOCK_BYTES = 64 * 1024 * 1024  # host memory of one comparison: raw block of both tensors + work arrays + bodies
 READ_CHUNK = 8 * 1024 * 1024  # one read request at most this long (parallel requests for remote sources)
@@ -718,6 +718,8 @@ Opener = Callable[[str], ByteSource]
 def local_opener(target: str) -> Opener:
     """Open the files of a local target by the names its FileRecords carry; one LocalFile per file, reused."""
     path = Path(target)
+    if path.is_dir() and (snapshot := cache_snapshot(path, target)) is not None:
+        path = snapshot  # a repo folder of the Hugging Face cache: the snapshot that load_local counted
     root = path if path.is_dir() else path.parent
     opened: dict[str, LocalFile] = {}
 

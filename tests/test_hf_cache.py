@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from click.testing import CliRunner
 from hubserver import load_dir
 
 from ckptcount import audit
-from ckptcount.errors import UnsafePath
+from ckptcount.errors import TargetNotFound, UnsafePath
+from ckptcount.cli import main
 from ckptcount.sources import real_roots
-from test_local import S1, S2, A, B, write_sharded
+from test_local import S1, S2, A, B, st_file, write_sharded
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,12 @@ def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_shard
     report = audit(snapshot)
     assert report.counts.parameters == oracle
     assert _counted(report) == _counted(audit(str(folder)))
-    # the index named directly, and a sharded set in a subfolder of the snapshot's real path
+    # the index named directly, and the repo's folder in the cache (refs/main names the snapshot)
     assert _counted(audit(os.path.join(snapshot, "model.safetensors.index.json"))) == _counted(report)
+    repo_folder = tmp_path / "cache" / "models--org--tiny"
+    assert (repo_folder / "refs" / "main").is_file()
+    by_repo = audit(str(repo_folder))
+    assert _counted(by_repo) == _counted(report) and by_repo.checkpoint.target == str(repo_folder)
 
 
 def test_a_snapshot_in_a_subfolder_of_the_repo(tmp_path):
@@ -134,3 +140,52 @@ def test_verify_ties_reads_the_embedding_and_head_through_the_snapshot(stand_in_
     assert check.bytes_read == 2 * 131 * 32 * 4
     files = {f.path for f in report.checkpoint.files}
     assert len(files) >= 2 and set(opener.opened) <= files and all(os.path.islink(os.path.join(snapshot, n)) for n in opener.opened)
+
+
+def _two_snapshots(tmp_path):
+    """models--org--m with snapshot "old" (one tensor) and "new" (three), real files, no refs."""
+    repo = tmp_path / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots").mkdir()
+    (repo / "snapshots" / "old").mkdir()
+    (repo / "snapshots" / "old" / "model.safetensors").write_bytes(st_file(A))
+    write_sharded(repo / "snapshots" / "new", {S1: A, S2: B})
+    return repo
+
+
+def test_a_cache_repo_folder_counts_the_snapshot_refs_main_names(tmp_path):
+    repo = _two_snapshots(tmp_path)
+    with pytest.raises(TargetNotFound, match=r"a Hugging Face cache folder with 2 snapshots and no refs/main; name one: new, old$"):
+        audit(str(repo))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("old")  # huggingface_hub writes the commit without a newline
+    assert audit(str(repo)).counts.parameters == 16
+    (repo / "refs" / "main").write_text("new\n")
+    assert audit(str(repo)).counts.parameters == 24
+    os.unlink(repo / "refs" / "main")
+    os.rename(repo / "snapshots" / "new", tmp_path / "new")
+    assert audit(str(repo)).counts.parameters == 16  # the only snapshot
+
+
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("../../../etc", "models--org--m/refs/main: path '../../../etc' leaves the checkpoint directory"),
+        ("/etc", "models--org--m/refs/main: path '/etc' is not a plain relative path"),
+        ("gone", "models--org--m: refs/main names commit 'gone', which has no snapshot here"),
+        ("", "models--org--m/refs/main: path '' is not a plain relative path"),
+    ],
+)
+def test_a_bad_refs_main_is_one_line_and_exit_1(tmp_path, monkeypatch, ref, message):
+    repo = _two_snapshots(tmp_path)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(ref)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["models--org--m"])
+    assert result.exit_code == 1 and result.output == f"Error: {message}\n"
+
+
+def test_a_folder_named_like_a_cache_repo_without_snapshots_is_an_ordinary_folder(tmp_path):
+    folder = tmp_path / "models--org--m"
+    write_sharded(folder, {S1: A, S2: B})
+    assert audit(str(folder)).counts.parameters == 24
