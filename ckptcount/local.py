@@ -176,8 +176,10 @@ def assemble(
     )
 
 
-def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], list[Finding]]:
+def choose(names: set[str], where: str, folders: list[str] = ()) -> tuple[Layout, str | None, list[str], list[Finding]]:
     """Pick what to count among the file names of a directory or repo: (layout, index, files, findings).
+
+    ``folders``: the folders beside those files, only to name them when there is nothing to count.
 
     Preference: the first layout (see ``formats.LAYOUTS``) with an index, else its single file, else a lone file or
     an unindexed shard set of that format. Formats present but not counted are reported as findings.
@@ -210,7 +212,7 @@ def choose(names: set[str], where: str) -> tuple[Layout, str | None, list[str], 
         else:
             findings.append(Finding("ignored-format", f"also holds {layout.format} files ({len(of_format) or 1}): not counted"))
     if chosen is None:
-        others = sorted(names)[:8]
+        others = (sorted(names) + sorted(f"{f}/" for f in folders))[:8]
         raise TargetNotFound(where, f"no checkpoint file here (holds: {', '.join(others) or 'nothing'})")
     return chosen[0], chosen[1], chosen[2], findings
 
@@ -228,7 +230,9 @@ def load_local(target: str) -> Checkpoint:
     index_meta: dict = {}
 
     if is_dir:
-        _, index, names, findings = choose({p.name for p in path.iterdir() if p.is_file()}, target)
+        entries = list(path.iterdir())
+        files = {p.name for p in entries if p.is_file()}
+        _, index, names, findings = choose(files, target, [p.name for p in entries if p.name not in files and p.is_dir()])
     elif path.name.endswith(".index.json"):
         index, names = path.name, []
     else:

@@ -136,7 +136,13 @@ def test_invalid_shard_names_the_shard(tmp_path):
 
 def test_directory_choices(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TargetNotFound, match="no checkpoint file here"):
+    with pytest.raises(TargetNotFound, match=r"no checkpoint file here \(holds: nothing\)$"):
+        audit(str(tmp_path / "empty"))
+    # a folder of runs: the subfolders are named, after the files, so the user sees where to point
+    for run in ("run-2", "run-1"):
+        (tmp_path / "empty" / run).mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("")
+    with pytest.raises(TargetNotFound, match=r"no checkpoint file here \(holds: notes.txt, run-1/, run-2/\)$"):
         audit(str(tmp_path / "empty"))
     with pytest.raises(TargetNotFound, match="no such file or directory"):
         audit(str(tmp_path / "missing"))
