@@ -31,7 +31,8 @@ A target naming a weight file fetches the listing, ``config.json`` and the file'
 is read through :func:`ckptcount.formats.read_file` on an :class:`~ckptcount.http_source.HttpFile`, so every format
 the readers know works remotely, and the result goes through :func:`ckptcount.local.assemble`, like a local
 directory. What the readers consumed is cached per commit (:mod:`ckptcount.cache`): a second audit of a branch makes
-one request (the listing, to resolve it), of a commit sha none, and with ``HF_HUB_OFFLINE=1`` none.
+one request (the listing, to resolve it), of a commit sha none, and with ``HF_HUB_OFFLINE=1`` none (a repo never
+audited is then read from huggingface_hub's downloaded copy, if it has one: :meth:`_Hub.downloaded`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote, unquote, urlparse
 
@@ -73,6 +75,18 @@ class HubTarget:
 
 def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hub_cache() -> Path:
+    """huggingface_hub's cache of downloaded repos, as it finds it when the audit runs (``HF_HUB_CACHE``, else
+    ``$HF_HOME/hub``, else its default): read from the environment here because huggingface_hub reads it once, at
+    import."""
+    for variable, under in (("HF_HUB_CACHE", ""), ("HUGGINGFACE_HUB_CACHE", ""), ("HF_HOME", "hub")):
+        if os.environ.get(variable):
+            return Path(os.path.expandvars(os.path.expanduser(os.environ[variable]))) / under
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def offline() -> bool:
@@ -222,9 +236,15 @@ class _Hub:
             from .http_source import OfflineError
 
             entry = cache.load(t.endpoint, t.repo, known, self.folder) if known else None
-            if entry is None:
-                raise OfflineError(self.target, f"HF_HUB_OFFLINE is set and {t.repo}@{self.rev} has no cached headers; audit it once online")
-            return self.replay(entry)
+            if entry is not None:
+                return self.replay(entry)
+            downloaded = self.downloaded()
+            if downloaded is None:
+                raise OfflineError(
+                    self.target,
+                    f"HF_HUB_OFFLINE is set and {t.repo}@{self.rev} has no cached headers and no downloaded copy; audit it once online",
+                )
+            return downloaded
         if known and known == self.rev:  # a commit sha: immutable, no request at all
             entry = cache.load(t.endpoint, t.repo, known, self.folder)
             if entry is not None:
@@ -412,6 +432,49 @@ class _Hub:
             "listed": listed,  # False: `listing` names only the files read (a sharded repo read without the listing)
         }
         return replace(ck, origin=MappingProxyType(origin))
+
+    def downloaded(self) -> Checkpoint | None:
+        """Offline, with no cached headers: this revision as huggingface_hub downloaded it into its own cache (``hf
+        download``, ``from_pretrained``), counted from those files as a local folder is; None when it has none.
+
+        The snapshot is found as huggingface_hub finds it offline: ``<hub cache>/models--org--name/refs/<revision>``
+        names the commit (a commit sha names itself) and ``snapshots/<commit>/`` holds the files. A file or folder of
+        the target that was not downloaded is None too (a partial download that lacks a shard fails on that shard)."""
+        from huggingface_hub.file_download import repo_folder_name
+
+        from .local import load_local
+        from .sources import inside
+
+        t = self.t
+        repo = hub_cache() / repo_folder_name(repo_id=t.repo, repo_type="model")
+        commit = self.rev
+        if not _SHA.match(commit):
+            ref = repo / "refs" / self.rev
+            if not (ref.is_file() and repo / "refs" in ref.resolve().parents):
+                return None
+            commit = ref.read_text("ascii", "replace").strip()
+        snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None
+        if snapshot is None or not snapshot.is_dir():
+            return None
+        local = snapshot / t.path if t.path else snapshot  # t.path: a plain relative path (parse_target)
+        if not os.path.exists(local):
+            return None
+        ck = load_local(str(local))
+        folder = local if local.is_dir() else local.parent
+        origin = {
+            "endpoint": t.endpoint,
+            "repo": t.repo,
+            "revision": self.rev,
+            "sha": commit,
+            "path": t.path,
+            "cached": False,
+            "requests": 0,
+            "bytes_received": 0,
+            "listing": MappingProxyType({e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}),
+            "listed": True,
+            "local_copy": str(local),
+        }
+        return replace(ck, target=self.target, origin=MappingProxyType(origin))
 
     def replay(self, entry: dict) -> Checkpoint:
         """Rebuild the Checkpoint from a cache entry: same bytes, same readers; a miss falls back to the network."""

@@ -852,7 +852,11 @@ def verify_report(
     engine = engine or resolve(device, backend)
     ck = report.checkpoint
     if open_source is None:
-        open_source = hub_opener(ck, token) if getattr(ck, "origin", None) else local_opener(ck.target)
+        origin = getattr(ck, "origin", None) or {}
+        if origin.get("local_copy"):  # offline, counted from huggingface_hub's downloaded copy: read it there
+            open_source = local_opener(origin["local_copy"])
+        else:
+            open_source = hub_opener(ck, token) if origin else local_opener(ck.target)
     files = {f.path: f for f in ck.files}
     tensors = {t.name: t for t in ck.tensors}
     findings: list[Finding] = []

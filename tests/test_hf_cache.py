@@ -7,6 +7,7 @@ own ``blobs/`` is let in.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from hubserver import load_dir
 
 from ckptcount import audit
-from ckptcount.errors import TargetNotFound, UnsafePath
+from ckptcount.errors import CkptError, TargetNotFound, UnsafePath
 from ckptcount.cli import main
 from ckptcount.sources import real_roots
 from test_local import S1, S2, A, B, st_file, write_sharded
@@ -189,3 +190,68 @@ def test_a_folder_named_like_a_cache_repo_without_snapshots_is_an_ordinary_folde
     folder = tmp_path / "models--org--m"
     write_sharded(folder, {S1: A, S2: B})
     assert audit(str(folder)).counts.parameters == 24
+
+
+# -- offline Hub targets: huggingface_hub's downloaded copy, when ckptcount never read the repo's headers itself
+
+
+def _download(server, repo: str, files: dict, tmp_path, **kw) -> str:
+    from huggingface_hub import snapshot_download
+
+    server.add(repo, files)
+    # stand_in_hub sets HF_HOME=tmp_path/hf, so this is the cache huggingface_hub itself would use
+    return snapshot_download(repo, cache_dir=str(tmp_path / "hf" / "hub"), endpoint=server.url, **kw)
+
+
+def test_offline_a_downloaded_repo_is_counted_from_the_hub_cache(stand_in_hub, tiny_sharded, tmp_path, monkeypatch):
+    folder, oracle = tiny_sharded
+    snapshot = _download(stand_in_hub, "org/tiny", load_dir(folder), tmp_path)
+    commit = os.path.basename(snapshot)
+    stand_in_hub.reset_log()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    report = audit("org/tiny")
+    assert stand_in_hub.settled() == []  # not one request
+    assert report.counts.parameters == oracle and _counted(report) == _counted(audit(str(folder)))
+    o = report.checkpoint.origin
+    assert (report.checkpoint.target, o["sha"], o["requests"], o["local_copy"]) == ("org/tiny", commit, 0, snapshot)
+    assert report.preflight.download_bytes == sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    assert audit(f"org/tiny@{commit}").counts.parameters == oracle  # a commit sha names its snapshot
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))  # huggingface_hub's own variable moves it
+    with pytest.raises(CkptError, match="has no cached headers and no downloaded copy"):
+        audit("org/tiny")
+    assert stand_in_hub.settled() == []
+
+
+def test_offline_cli_says_where_it_read_and_verify_reads_the_copy(stand_in_hub, tmp_path, monkeypatch, fixtures_dir):
+    pytest.importorskip("numpy")
+    snapshot = _download(stand_in_hub, "openai-community/gpt2", load_dir(fixtures_dir / "gpt2"), tmp_path)
+    stand_in_hub.reset_log()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(main, ["openai-community/gpt2", "--strict"])
+    assert r.exit_code == 0 and " 124,439,808 " in r.stdout
+    notes = r.stdout.splitlines()[-2:]  # under the table, before the tie's evidence
+    assert notes[0] == f"gpt2: offline: read the downloaded copy in {snapshot}" and notes[1].startswith("gpt2: tie wte.weight")
+    r = CliRunner().invoke(main, ["openai-community/gpt2", "--format", "json"])
+    hub = json.loads(r.stdout)["targets"][0]["hub"]
+    assert (hub["local_copy"], hub["requests"], hub["sha"]) == (snapshot, 0, os.path.basename(snapshot))
+    assert stand_in_hub.settled() == []
+
+
+def test_offline_verify_ties_reads_the_downloaded_copy(stand_in_hub, tiny_sharded, tmp_path, monkeypatch):
+    pytest.importorskip("numpy")
+    folder, _ = tiny_sharded
+    _download(stand_in_hub, "org/tiny", load_dir(folder), tmp_path)
+    stand_in_hub.reset_log()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(main, ["org/tiny", "--verify-ties", "--device", "cpu", "--format", "json"])
+    check = json.loads(r.stdout)["targets"][0]["embedding_vs_head"]["verification"]
+    assert r.exit_code == 0 and check["orientation"] == "structural" and check["bytes_read"] == 131 * 32 * 4
+    assert stand_in_hub.settled() == []
+
+
+def test_offline_a_partial_download_fails_on_what_is_missing(stand_in_hub, tiny_sharded, tmp_path, monkeypatch):
+    folder, _ = tiny_sharded
+    snapshot = _download(stand_in_hub, "org/tiny", load_dir(folder), tmp_path, allow_patterns=["*.json"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TargetNotFound, match=rf"^{snapshot}/model-00001-of-0000\d.safetensors: no such file$"):
+        audit("org/tiny")

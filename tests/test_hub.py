@@ -443,7 +443,7 @@ def test_cache_second_audit_one_request_sha_none_offline_none(hub, monkeypatch, 
     offline = audit("openai-community/gpt2-xl")
     assert hub.settled() == [] and _comparable(offline) == _comparable(first)
     r = CliRunner().invoke(main, ["openai-community/gpt2-large"])
-    assert (r.exit_code, r.stderr) == (1, "Error: openai-community/gpt2-large: HF_HUB_OFFLINE is set and openai-community/gpt2-large@main has no cached headers; audit it once online\n")
+    assert (r.exit_code, r.stderr) == (1, "Error: openai-community/gpt2-large: HF_HUB_OFFLINE is set and openai-community/gpt2-large@main has no cached headers and no downloaded copy; audit it once online\n")
     assert hub.settled() == []
     leftovers = [p for p in (tmp_path / "hf").rglob(".tmp-*")]
     assert leftovers == []
