@@ -33,17 +33,28 @@ def tiny_sharded(tmp_path_factory):
     return folder, sum(p.numel() for p in model.parameters())  # torch dedups the tied head
 
 
+def fetch(server, repo: str, cache_dir, **kw) -> str:
+    """huggingface_hub's own ``snapshot_download`` from the stand-in Hub, with its CDN redirect off meanwhile: the
+    stand-in's CDN is another port of 127.0.0.1, which huggingface_hub 1.x takes for the Hub's own host and follows on
+    its HEAD requests, then misses the commit header there (the real CDN is another host, where it stops)."""
+    from huggingface_hub import snapshot_download
+
+    redirect, server.redirect_lfs = server.redirect_lfs, False
+    try:
+        return snapshot_download(repo, cache_dir=str(cache_dir), endpoint=server.url, **kw)
+    finally:
+        server.redirect_lfs = redirect
+
+
 def _counted(report) -> tuple:
     c = report.counts
     return (c.parameters, c.weights, c.biases, c.buffers, [g.names for g in report.ties], [f.path for f in report.checkpoint.files])
 
 
 def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_sharded, tmp_path):
-    from huggingface_hub import snapshot_download
-
     folder, oracle = tiny_sharded
     stand_in_hub.add("org/tiny", load_dir(folder))
-    snapshot = snapshot_download("org/tiny", cache_dir=str(tmp_path / "cache"), endpoint=stand_in_hub.url)
+    snapshot = fetch(stand_in_hub, "org/tiny", tmp_path / "cache")
     shards = sorted(n for n in os.listdir(snapshot) if n.endswith(".safetensors"))
     assert len(shards) >= 3 and all(os.path.islink(os.path.join(snapshot, n)) for n in shards)  # the cache's layout
     report = audit(snapshot)
@@ -123,8 +134,6 @@ def test_only_a_cache_repo_folder_with_snapshots_and_blobs_counts(tmp_path, repo
 def test_verify_ties_reads_the_embedding_and_head_through_the_snapshot(stand_in_hub, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from huggingface_hub import snapshot_download
-
     from ckptcount.verify import local_opener, verify_report
 
     torch.manual_seed(0)
@@ -133,7 +142,7 @@ def test_verify_ties_reads_the_embedding_and_head_through_the_snapshot(stand_in_
     model.lm_head.weight.data.copy_(model.transformer.wte.weight.data)  # untied, identical: verify must read both
     model.save_pretrained(tmp_path / "src", max_shard_size="20KB")
     stand_in_hub.add("org/untied", load_dir(tmp_path / "src"))
-    snapshot = snapshot_download("org/untied", cache_dir=str(tmp_path / "cache"), endpoint=stand_in_hub.url)
+    snapshot = fetch(stand_in_hub, "org/untied", tmp_path / "cache")
     opener = local_opener(snapshot)
     report = verify_report(audit(snapshot), device="cpu", open_source=opener)
     check = report.verification.embedding_vs_head
@@ -196,11 +205,10 @@ def test_a_folder_named_like_a_cache_repo_without_snapshots_is_an_ordinary_folde
 
 
 def _download(server, repo: str, files: dict, tmp_path, **kw) -> str:
-    from huggingface_hub import snapshot_download
-
     server.add(repo, files)
     # stand_in_hub sets HF_HOME=tmp_path/hf, so this is the cache huggingface_hub itself would use
-    return snapshot_download(repo, cache_dir=str(tmp_path / "hf" / "hub"), endpoint=server.url, **kw)
+    return fetch(server, repo, tmp_path / "hf" / "hub", **kw)
+
 
 
 def test_offline_a_downloaded_repo_is_counted_from_the_hub_cache(stand_in_hub, tiny_sharded, tmp_path, monkeypatch):
