@@ -68,6 +68,10 @@ class NetworkError(CkptError):
     kind = "network"
 
 
+class Unreachable(NetworkError):
+    """No connection could be made to the server at all, after every retry (no network, DNS, refused)."""
+
+
 class EntryNotFound(TargetNotFound):
     """404 with the Hub's ``X-Error-Code: EntryNotFound``: the repo and revision exist, the file does not."""
 
@@ -165,7 +169,8 @@ class HubClient:
             except (httpx.TransportError, httpx.StreamError) as e:
                 last = f"{type(e).__name__}: {e}".rstrip(": ")
                 if isinstance(e, httpx.ConnectError) and attempt == MAX_TRIES:
-                    raise NetworkError(where, f"cannot connect to {_origin(url)} ({e})") from None
+                    scheme, host, port = _origin(url)
+                    raise Unreachable(where, f"cannot connect to {scheme}://{host}:{port} ({e})") from None
             if attempt == MAX_TRIES:
                 break
             delay = wait if wait is not None else min(MAX_WAIT, BASE_WAIT * 2 ** (attempt - 1))

@@ -235,16 +235,34 @@ class _Hub:
         if offline():
             from .http_source import OfflineError
 
-            entry = cache.load(t.endpoint, t.repo, known, self.folder) if known else None
-            if entry is not None:
-                return self.replay(entry)
-            downloaded = self.downloaded()
-            if downloaded is None:
+            found = self.without_network(known)
+            if found is None:
                 raise OfflineError(
                     self.target,
                     f"HF_HUB_OFFLINE is set and {t.repo}@{self.rev} has no cached headers and no downloaded copy; audit it once online",
                 )
-            return downloaded
+            return found
+        from .http_source import Unreachable
+
+        try:
+            return self.online(known)
+        except Unreachable as e:
+            # As huggingface_hub does when the Hub cannot be reached: what this machine already has, said in the report
+            found = self.without_network(known)
+            if found is None:
+                raise
+            return replace(found, origin=MappingProxyType({**found.origin, "unreachable": e.what}))
+
+    def without_network(self, known: str | None) -> Checkpoint | None:
+        """The revision from what this machine has: the headers cached for the commit it last resolved to, else
+        huggingface_hub's downloaded copy; None when neither."""
+        entry = cache.load(self.t.endpoint, self.t.repo, known, self.folder) if known else None
+        if entry is not None:
+            return self.replay(entry)
+        return self.downloaded()
+
+    def online(self, known: str | None) -> Checkpoint:
+        t = self.t
         if known and known == self.rev:  # a commit sha: immutable, no request at all
             entry = cache.load(t.endpoint, t.repo, known, self.folder)
             if entry is not None:

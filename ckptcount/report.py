@@ -63,8 +63,9 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
     }
     if ck.origin:  # Hub targets: which commit was read, and what it cost
         d["hub"] = {k: ck.origin.get(k) for k in ("endpoint", "repo", "revision", "sha", "path", "cached", "requests", "bytes_received")}
-        if ck.origin.get("local_copy"):  # offline: read from huggingface_hub's downloaded copy (hub._Hub.downloaded)
-            d["hub"]["local_copy"] = ck.origin["local_copy"]
+        for key in ("local_copy", "unreachable"):  # read without the network: hub._Hub.without_network
+            if ck.origin.get(key):
+                d["hub"][key] = ck.origin[key]
     if report.preflight is not None:  # Hub targets, or --dtype/--max-size/--fits
         from .preflight import to_dict
 
@@ -247,8 +248,11 @@ def notes(report: Report) -> list[str]:
     """Lines under the table: each tie's evidence and each finding."""
     label = _label(report.checkpoint.target)
     out = [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
-    if report.checkpoint.origin.get("local_copy"):
-        out.insert(0, f"{safe(label)}: offline: read the downloaded copy in {safe(report.checkpoint.origin['local_copy'])}")
+    origin = report.checkpoint.origin
+    if origin.get("local_copy") or origin.get("unreachable"):
+        why = f"the Hub could not be reached ({origin['unreachable']})" if origin.get("unreachable") else "offline"
+        what = f"the downloaded copy in {origin['local_copy']}" if origin.get("local_copy") else f"the headers cached for commit {origin.get('sha')}"
+        out.insert(0, f"{safe(label)}: {safe(why)}: read {safe(what)}")
     if report.verification is not None and report.verification.embedding_vs_head is not None:
         out.append(_check_note(safe(label), report.verification.embedding_vs_head))
     out += [f"{safe(label)}: {f.kind}: {safe(f.message)}" for f in report.checkpoint.findings]

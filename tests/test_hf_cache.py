@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -263,3 +264,29 @@ def test_offline_a_partial_download_fails_on_what_is_missing(stand_in_hub, tiny_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TargetNotFound, match=rf"^{snapshot}/model-00001-of-0000\d.safetensors: no such file$"):
         audit("org/tiny")
+
+
+# -- the Hub unreachable: what this machine has, said in the report (huggingface_hub falls back to its cache too)
+
+
+def test_unreachable_hub_falls_back_to_the_cached_headers_then_the_downloaded_copy(stand_in_hub, tiny_sharded, tmp_path):
+    from huggingface_hub.utils import close_session
+
+    folder, oracle = tiny_sharded
+    snapshot = _download(stand_in_hub, "org/tiny", load_dir(folder), tmp_path)
+    stand_in_hub.add("org/other", load_dir(folder))
+    first = audit("org/other")  # read online once: its headers are cached
+    sha = first.checkpoint.origin["sha"]
+    stand_in_hub.close()  # the port now refuses connections; the session's kept-alive ones are closed too
+    close_session()
+    r = CliRunner().invoke(main, ["org/other", "--format", "json"])
+    hub = json.loads(r.stdout)["targets"][0]["hub"]
+    assert r.exit_code == 0 and json.loads(r.stdout)["targets"][0]["parameters"] == oracle
+    assert (hub["cached"], hub["sha"], "local_copy" in hub) == (True, sha, False)
+    assert re.fullmatch(r"cannot connect to http://127\.0\.0\.1:\d+ \(.+\)", hub["unreachable"])
+    r = CliRunner().invoke(main, ["org/tiny"])  # never audited, but downloaded
+    notes = r.stdout.splitlines()
+    assert r.exit_code == 0 and any(f" {oracle:,} " in line for line in notes)
+    assert notes[-2].startswith("tiny: the Hub could not be reached (cannot connect to ") and notes[-2].endswith(f"): read the downloaded copy in {snapshot}")
+    r = CliRunner().invoke(main, ["org/neither"])  # nothing here: the network error, as before
+    assert r.exit_code == 1 and re.fullmatch(r"Error: org/neither: cannot connect to http://127\.0\.0\.1:\d+ \(.+\)\n", r.stderr)
