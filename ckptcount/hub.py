@@ -165,6 +165,11 @@ def _check_path(path: str, where: str) -> None:
         raise UnsafePath(where, f"path {path!r} is not a plain relative path inside the repo")
 
 
+def _folders(listing: dict, prefix: str) -> list[str]:
+    """The folders right under ``prefix`` in a listing (file paths), to name them when there is nothing to count."""
+    return sorted({p[len(prefix) :].split("/", 1)[0] for p in listing if p.startswith(prefix) and "/" in p[len(prefix) :]})
+
+
 def _join(folder: str, name: str, where: str) -> str:
     _check_path(name, where)
     return f"{folder}/{name}" if folder else name
@@ -349,9 +354,10 @@ class _Hub:
             else:
                 names = [name]
         else:
-            if not here:
+            folders = _folders(files, prefix)
+            if not here and not folders:
                 raise TargetNotFound(self.target, f"no files under {folder!r}" if folder else "the repository holds no files")
-            _, index, names, findings = choose(set(here), self.target)
+            _, index, names, findings = choose(set(here), self.target, folders)
 
         def raw(path: str, limit: int) -> bytes | None:
             got = settled.get(path, _STALE)
@@ -509,7 +515,7 @@ class _Hub:
             name = self.t.path.rsplit("/", 1)[-1]
             index, names = (name, []) if name.endswith(".index.json") else (None, [name])
         else:
-            _, index, names, findings = choose(set(here), self.target)
+            _, index, names, findings = choose(set(here), self.target, _folders(files, prefix))
         if index is not None:
             if entry["index"] is None:  # the entry lacks what its listing says was read
                 return self._refetch(sha)

@@ -333,6 +333,13 @@ def test_repo_without_checkpoint_says_what_it_holds(hub):
     with pytest.raises(CkptError) as e:
         audit("org/tf-only")
     assert str(e.value) == "org/tf-only: no checkpoint file here (holds: README.md, config.json, tf_model.h5)"
+    # a diffusers pipeline: the weights are in subfolders, which are named so the user sees where to point
+    st_head, _ = safetensors_bytes({"w": ("F32", [2])})
+    hub.add("org/pipeline", {"model_index.json": b"{}", "unet/diffusion_pytorch_model.safetensors": st_head, "vae/config.json": b"{}"})
+    with pytest.raises(CkptError) as e:
+        audit("org/pipeline")
+    assert str(e.value) == "org/pipeline: no checkpoint file here (holds: model_index.json, unet/, vae/)"
+    assert audit("hf://org/pipeline/unet").counts.parameters == 2
 
 
 # -- faults ----------------------------------------------------------------------------------------------------------
