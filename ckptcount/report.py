@@ -205,7 +205,16 @@ def _n(x: int) -> str:
     return f"{x:,}"
 
 
+# a path in the Hugging Face cache: <...>/models--org--name[/snapshots/<commit>[/sub/path]]
+_CACHE_PATH = re.compile(r"(?:^|/)(?:models|datasets|spaces)--([^/]+)(?:/snapshots/([^/]+)((?:/[^/]+)*))?/*$")
+
+
 def _label(target: str) -> str:
+    """A target's column title: its last path part; for a path in the Hugging Face cache, the repo it holds and the
+    commit's first 7 characters (``openai-community/gpt2@607a30d``), not the folder's name or the commit."""
+    if m := _CACHE_PATH.search(target):
+        repo, commit, inner = m.groups()
+        return repo.replace("--", "/") + (f"@{commit[:7]}" if commit else "") + (inner or "")
     return target.rstrip("/").rsplit("/", 1)[-1] or target
 
 

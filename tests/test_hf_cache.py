@@ -67,6 +67,9 @@ def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_shard
     assert (repo_folder / "refs" / "main").is_file()
     by_repo = audit(str(repo_folder))
     assert _counted(by_repo) == _counted(report) and by_repo.checkpoint.target == str(repo_folder)
+    # the column titles name the repo (and the commit), not the cache's folder names
+    r = CliRunner().invoke(main, [snapshot, str(repo_folder), "--format", "markdown"])
+    assert r.stdout.splitlines()[0] == f"| | org/tiny@{os.path.basename(snapshot)[:7]} | org/tiny |"
 
 
 def test_a_snapshot_in_a_subfolder_of_the_repo(tmp_path):
