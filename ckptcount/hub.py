@@ -474,7 +474,7 @@ class _Hub:
         commit = self.rev
         if not _SHA.match(commit):
             ref = repo / "refs" / self.rev
-            if not (ref.is_file() and repo / "refs" in ref.resolve().parents):
+            if not (ref.is_file() and (repo / "refs").resolve() in ref.resolve().parents):
                 return None
             commit = ref.read_text("ascii", "replace").strip()
         snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None

@@ -228,6 +228,9 @@ def test_offline_a_downloaded_repo_is_counted_from_the_hub_cache(stand_in_hub, t
     assert (report.checkpoint.target, o["sha"], o["requests"], o["local_copy"]) == ("org/tiny", commit, 0, snapshot)
     assert report.preflight.download_bytes == sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     assert audit(f"org/tiny@{commit}").counts.parameters == oracle  # a commit sha names its snapshot
+    os.symlink(tmp_path / "hf", tmp_path / "linked")  # a cache reached through a symlinked folder (~/.cache -> /data)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "linked"))
+    assert audit("org/tiny").checkpoint.origin["local_copy"] == snapshot  # the real path
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))  # huggingface_hub's own variable moves it
     with pytest.raises(CkptError, match="has no cached headers and no downloaded copy"):
         audit("org/tiny")
