@@ -18,7 +18,7 @@ from .errors import ConfigError, ShardIndexError, TargetNotFound
 from .formats import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
 from .gguf import split_findings, split_names
 from .records import Checkpoint, Finding, TensorRecord
-from .sources import LocalFile, cache_snapshot, inside, real_roots
+from .sources import LocalFile, cache_snapshot, entries, inside, real_roots
 
 _NAME = attrgetter("name")
 MAX_INDEX_BYTES = 100_000_000
@@ -230,9 +230,9 @@ def load_local(target: str) -> Checkpoint:
     index_meta: dict = {}
 
     if is_dir:
-        entries = list(path.iterdir())
-        files = {p.name for p in entries if p.is_file()}
-        _, index, names, findings = choose(files, target, [p.name for p in entries if p.name not in files and p.is_dir()])
+        held = entries(path, target)
+        files = {p.name for p in held if p.is_file()}
+        _, index, names, findings = choose(files, target, [p.name for p in held if p.name not in files and p.is_dir()])
     elif path.name.endswith(".index.json"):
         index, names = path.name, []
     else:
@@ -246,7 +246,7 @@ def load_local(target: str) -> Checkpoint:
     if index is not None:
         weight_map, index_meta = parse_index(_read_small(root / index, where(index), MAX_INDEX_BYTES), where(index))
         names = sorted(set(weight_map.values()))
-        findings.extend(unreferenced_shards((p.name for p in root.iterdir()), names, index))
+        findings.extend(unreferenced_shards((p.name for p in entries(root, str(root))), names, index))
 
     reads: dict[str, FileRead] = {}
     roots = real_roots(root) if index is not None else None

@@ -17,6 +17,14 @@ from .errors import ReadError, TargetNotFound, UnsafePath
 _CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")  # a repo's folder in the Hugging Face cache
 
 
+def entries(folder: Path, where: str) -> list[Path]:
+    """What ``folder`` holds; a folder that cannot be listed (permissions) is a :class:`ReadError` naming it."""
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise ReadError(where, f"cannot list the folder: {e.strerror or e}") from None
+
+
 def real_roots(root: Path) -> tuple[Path, ...]:
     """The real folders that the files of a checkpoint at ``root`` may resolve into.
 
@@ -54,7 +62,7 @@ def cache_snapshot(folder: Path, where: str) -> Path | None:
         if not snapshot.is_dir():
             raise TargetNotFound(where, f"refs/main names commit {commit!r}, which has no snapshot here")
         return snapshot
-    found = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
+    found = sorted(p.name for p in entries(snapshots, f"{where}/snapshots") if p.is_dir())
     if len(found) != 1:
         raise TargetNotFound(where, f"a Hugging Face cache folder with {len(found)} snapshots and no refs/main; name one: {', '.join(found[:5]) or 'none'}")
     return snapshots / found[0]

@@ -316,3 +316,27 @@ def test_layer_and_expert_numbers_of_thousands_of_digits(tmp_path):
     assert r.counts.parameters == 64
     assert list(r.counts.by_layer) == ["0", "2", big]  # numeric order; the giant number last
     assert r.moe is not None and r.moe["routed_expert_parameters"] == 32
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    # as a non-root user meets a folder without read permission (the suite may run as root, which reads anything)
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from ckptcount.cli import main
+
+    write_sharded(tmp_path / "locked", {S1: A, S2: B})
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["locked"])
+    assert (r.exit_code, r.stderr) == (1, "Error: locked: cannot list the folder: Permission denied\n")
+    r = CliRunner().invoke(main, ["locked/model.safetensors.index.json"])
+    assert (r.exit_code, r.stderr) == (1, "Error: locked: cannot list the folder: Permission denied\n")
