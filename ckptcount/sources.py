@@ -77,7 +77,10 @@ def inside(root: Path, name: str, where: str, roots: tuple[Path, ...] | None = N
         raise UnsafePath(where, f"path {name!r} is not a plain relative path")
     if any(part == ".." for part in Path(name).parts):
         raise UnsafePath(where, f"path {name!r} leaves the checkpoint directory")
-    path = (root / name).resolve()
+    try:
+        path = (root / name).resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python 3.11-3.12's "Symlink loop from ..." (3.13: OSError ELOOP)
+        raise UnsafePath(where, f"path {name!r} is a symlink loop") from None
     for real_root in roots or real_roots(root):
         if path == real_root or real_root in path.parents:
             return path

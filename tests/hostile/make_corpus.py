@@ -149,6 +149,9 @@ def cases() -> list[dict]:
         # a shard that is a symlink to a file outside the checkpoint directory.
         dict(name="symlink-escape", files={f"symlink-escape/{INDEX}": index({"w": SHARD}), f"symlink-escape/{SHARD}": ("symlink", "../outside.safetensors")},
              stderr="symlink-escape/model.safetensors.index.json: path 'model-00001-of-00001.safetensors' resolves outside the checkpoint directory"),
+        # a shard that is a symlink loop (the shard -> b -> the shard): resolving it never ends.
+        dict(name="symlink-loop", files={f"symlink-loop/{INDEX}": index({"w": SHARD}), f"symlink-loop/{SHARD}": ("symlink", "b"), "symlink-loop/b": ("symlink", SHARD)},
+             stderr="symlink-loop/model.safetensors.index.json: path 'model-00001-of-00001.safetensors' is a symlink loop"),
         # a shard that is a symlink to /dev/zero: an endless file of zeros (header length 0, then reads forever).
         dict(name="dev-zero-shard", files={f"dev-zero-shard/{INDEX}": index({"w": SHARD}), f"dev-zero-shard/{SHARD}": ("symlink", "/dev/zero")},
              stderr="dev-zero-shard/model.safetensors.index.json: path 'model-00001-of-00001.safetensors' resolves outside the checkpoint directory"),
