@@ -7,6 +7,7 @@ cells are plain ``rich.text.Text``, so markup in a name is printed, never interp
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from .errors import CkptError
@@ -211,7 +212,10 @@ _CACHE_PATH = re.compile(r"(?:^|/)(?:models|datasets|spaces)--([^/]+)(?:/snapsho
 
 def _label(target: str) -> str:
     """A target's column title: its last path part; for a path in the Hugging Face cache, the repo it holds and the
-    commit's first 7 characters (``openai-community/gpt2@607a30d``), not the folder's name or the commit."""
+    commit's first 7 characters (``openai-community/gpt2@607a30d``), not the folder's name or the commit. ``.`` and
+    ``..`` are named by the folder they stand for."""
+    if target.rstrip("/").rsplit("/", 1)[-1] in (".", ".."):
+        target = os.path.abspath(target)
     if m := _CACHE_PATH.search(target):
         repo, commit, inner = m.groups()
         return repo.replace("--", "/") + (f"@{commit[:7]}" if commit else "") + (inner or "")

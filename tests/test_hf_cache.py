@@ -52,7 +52,7 @@ def _counted(report) -> tuple:
     return (c.parameters, c.weights, c.biases, c.buffers, [g.names for g in report.ties], [f.path for f in report.checkpoint.files])
 
 
-def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_sharded, tmp_path):
+def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_sharded, tmp_path, monkeypatch):
     folder, oracle = tiny_sharded
     stand_in_hub.add("org/tiny", load_dir(folder))
     snapshot = fetch(stand_in_hub, "org/tiny", tmp_path / "cache")
@@ -70,6 +70,9 @@ def test_a_sharded_snapshot_in_the_hub_cache_is_counted(stand_in_hub, tiny_shard
     # the column titles name the repo (and the commit), not the cache's folder names
     r = CliRunner().invoke(main, [snapshot, str(repo_folder), "--format", "markdown"])
     assert r.stdout.splitlines()[0] == f"| | org/tiny@{os.path.basename(snapshot)[:7]} | org/tiny |"
+    monkeypatch.chdir(snapshot)  # `ckptcount .` inside the snapshot: the folder "." stands for
+    r = CliRunner().invoke(main, [".", "--format", "markdown"])
+    assert r.stdout.splitlines()[0] == f"| | org/tiny@{os.path.basename(snapshot)[:7]} |"
 
 
 def test_a_snapshot_in_a_subfolder_of_the_repo(tmp_path):
