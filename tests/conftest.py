@@ -67,3 +67,17 @@ def safetensors_head(tensors: dict, *, metadata: dict | None = None, header_len:
         assert len(raw) <= header_len
         raw += b" " * (header_len - len(raw))
     return struct.pack("<Q", len(raw)) + raw, offset
+
+
+@pytest.fixture(scope="session")
+def tiny_sharded(tmp_path_factory):
+    """A tiny GPT-2 saved sharded by transformers (tied head, not stored), and its parameter count from the model."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=211, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config)
+    folder = tmp_path_factory.mktemp("tiny-sharded")
+    model.save_pretrained(folder, max_shard_size="40KB")
+    oracle = sum(p.numel() for p in model.parameters())  # torch dedups the tied head
+    return folder, oracle

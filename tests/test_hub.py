@@ -96,19 +96,6 @@ def test_single_file_round_trips_and_requests(hub):
 # -- real checkpoints written here, counted by torch ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_sharded(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=211, n_positions=64)
-    model = transformers.GPT2LMHeadModel(config)
-    folder = tmp_path_factory.mktemp("tiny-sharded")
-    model.save_pretrained(folder, max_shard_size="40KB")
-    oracle = sum(p.numel() for p in model.parameters())  # torch dedups the tied head
-    return folder, oracle
-
-
 def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     folder, oracle = tiny_sharded
     files = load_dir(folder)
