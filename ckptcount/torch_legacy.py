@@ -1,7 +1,8 @@
 """Legacy (pre-1.6, non-zip) ``torch.save`` files: five pickles in a row, then the raw storages.
 
 Layout (torch/serialization.py ``_legacy_save``): pickle(MAGIC_NUMBER 0x1950a86a20f9469cfc6c), pickle(1001),
-pickle(sys_info), pickle(obj) whose storages are persistent ids ``('storage', type, key, location, numel, view)``,
+pickle(sys_info), pickle(obj) whose storages are persistent ids ``('storage', type, key, location, numel, view)``
+(and, in a whole pickled ``nn.Module``, each module class once as ``('module', class, source file, source)``),
 pickle(sorted storage keys), then per key an 8-byte element count and the storage bytes. The pickles are read with the
 same inert :class:`~ckptcount.torch_zip.PickleMachine` as zip files, from a prefix of the file that grows (64 KiB,
 doubling) until the storage-key list has been parsed; the storages themselves are never read: their sizes follow from
@@ -13,11 +14,14 @@ The older tar format (torch < 0.4) is recognised and refused with a message that
 from __future__ import annotations
 
 from .errors import TorchFileError
+from .records import Finding
 from .torch_zip import (
     ITEMSIZE,
+    Global,
     MAX_PICKLE_BYTES,
     Truncated,
     TorchRead,
+    _q,
     _storage,
     check_storages,
     storage_ties,
@@ -32,6 +36,10 @@ FIRST_READ = 64 * 1024
 
 
 def legacy_storage(pid: object, m):
+    if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], Global):
+        # torch.save(model) names each nn.Module class once as ('module', class, source file, source): the class
+        # reference stands in its place (its source text is ignored, never run)
+        return pid[1]
     if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
         raise m._error("persistent id is not ('storage', type, key, location, numel, view)")
     _, stype, key, location, numel, view = pid
@@ -77,17 +85,27 @@ def _parse(buf: bytes, size: int, name: str, where: str, *, partial: bool, reads
         raise TorchFileError(where, f"legacy torch protocol version {version.root!r}, expected {PROTOCOL_VERSION}")
     _sys_info, pos = unpickle(buf, where, _no_storage, pos, partial)
     start = pos
-    main, pos = unpickle(buf, where, legacy_storage, pos, partial)
+    declared: dict[str, object] = {}  # every storage the pickle names, used by a listed tensor or not
+
+    def storage(pid: object, m):
+        got = legacy_storage(pid, m)
+        if not isinstance(got, Global):
+            declared.setdefault(got.key, got)
+        return got
+
+    main, pos = unpickle(buf, where, storage, pos, partial)
     pickle_bytes = pos - start
     keys, pos = unpickle(buf, where, _no_storage, pos, partial)
     if not isinstance(keys.root, list) or not all(isinstance(k, str) for k in keys.root):
         raise TorchFileError(where, "storage key list is not a list of strings")
     walked = walk(main.root, name)
     records, data_bytes, extra = check_storages(walked, None, where, name)
-    declared = {t.storage.key: t.storage for _, t in walked.tensors}
     listed = list(keys.root)
     if set(listed) != set(declared) or len(listed) != len(set(listed)):
-        raise TorchFileError(where, f"storage key list ({len(listed)} keys) does not match the {len(declared)} storages the tensors use")
+        raise TorchFileError(where, f"storage key list ({len(listed)} keys) does not match the {len(declared)} storages the pickle names")
+    unused = sorted(set(declared) - {t.storage.key for _, t in walked.tensors})
+    if unused:  # e.g. a whole module's non-persistent buffers, which state_dict() leaves out
+        extra.append(Finding("unreferenced-storage", f"{name}: {len(unused)} storages in the file are used by no listed tensor ({', '.join(_q(k, 20) for k in unused[:5])})"))
     expected = pos + sum(8 + s.numel * ITEMSIZE[s.dtype] for s in declared.values() if s.dtype)
     if any(s.dtype is None for s in declared.values()):
         raise TorchFileError(where, "untyped storage in a legacy file")

@@ -135,9 +135,11 @@ class TensorRef:
 
 @dataclass(eq=False)
 class Opaque:
-    """The inert result of something the machine refused to call: ``what`` names it."""
+    """The inert result of something the machine refused to call: ``what`` names it. ``state``: what a ``BUILD``
+    would have applied to it (never applied; the walker reads an ``nn.Module``'s tensors from it)."""
 
     what: str
+    state: object = None
 
 
 class PDict:
@@ -456,10 +458,12 @@ class PickleMachine:
                 self._flag(items[0], "calls")
                 stack.append(Opaque(f"{items[0]}()"))
             elif op == 0x62:  # BUILD: __setstate__ / attribute update. Tensors, Parameters, dicts only.
-                pop()  # the state: nothing is applied; only what it is applied to is checked
+                state = pop()  # nothing is applied; only what it is applied to is checked
                 obj = top()
                 if not isinstance(obj, (TensorRef, PDict, Opaque)):
                     raise self._error(f"BUILD on a {type(obj).__name__}")
+                if isinstance(obj, Opaque) and obj.state is None:
+                    obj.state = state  # kept as data: a pickled nn.Module's __dict__ holds its tensors (walk)
             elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4: the copyreg extension registry
                 n = {0x82: 1, 0x83: 2, 0x84: 4}[op]
                 code = int.from_bytes(self._take(n), "little")
@@ -621,8 +625,10 @@ def _key(k: object) -> str:
 def walk(root: object, where: str) -> Walked:
     """Every tensor under its full path (``state_dict.model.x.weight``, ``optimizer.state.0.exp_avg``).
 
-    A bare state dict's tensors keep their own names. Iterative; each container is walked once (a container reached
-    twice, or a cycle, is reported instead of being listed again).
+    A bare state dict's tensors keep their own names. A whole pickled ``nn.Module`` (``torch.save(model)``, an object
+    the machine did not build) is read from the ``__dict__`` its ``BUILD`` carried, under the names its
+    ``state_dict()`` would give (:func:`module_members`). Iterative; each container is walked once (a container
+    reached twice, or a cycle, is reported instead of being listed again).
     """
     out: list[tuple[str, TensorRef]] = []
     findings: list[Finding] = []
@@ -634,14 +640,18 @@ def walk(root: object, where: str) -> Walked:
         if isinstance(obj, TensorRef):
             out.append((path or "<root>", obj))
             continue
-        if not isinstance(obj, (PDict, list, tuple)):
+        if isinstance(obj, Opaque):
+            members = module_members(obj)
+            if members is None:
+                continue
+        elif not isinstance(obj, (PDict, list, tuple)):
             continue
         if id(obj) in seen:
             if obj_has_tensors(obj):
                 findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is an object listed earlier under another path: its tensors listed once"))
             continue
         seen.add(id(obj))
-        items = obj.pairs if isinstance(obj, PDict) else enumerate(obj)
+        items = members if isinstance(obj, Opaque) else obj.pairs if isinstance(obj, PDict) else enumerate(obj)
         children = []
         for k, v in items:
             name = f"{path}.{_key(k)}" if path else _key(k)
@@ -653,6 +663,31 @@ def walk(root: object, where: str) -> Walked:
     if cut:
         findings.append(Finding("long-name", f"{where}: paths longer than {MAX_NAME_CHARS} characters were shortened in the middle"))
     return Walked(tuple(out), tuple(findings))
+
+
+_MODULE_KEYS = ("_parameters", "_buffers", "_modules")
+
+
+def module_members(obj: Opaque) -> list[tuple[str, object]] | None:
+    """The (name, value) pairs that ``state_dict()`` walks in a pickled ``nn.Module``: its parameters, its persistent
+    buffers, then its submodules, from the ``__dict__`` its ``BUILD`` carried; None for any other object.
+
+    Only data is read: a module is recognised by the three dicts every ``nn.Module`` has, and nothing of its class is
+    imported or run. Entries set to None (an absent bias) are skipped, as ``state_dict()`` skips them."""
+    state = obj.state
+    if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slot state)
+        state = state[0]
+    if not isinstance(state, PDict):
+        return None
+    attrs = {k: v for k, v in state.pairs if isinstance(k, str)}
+    if not all(isinstance(attrs.get(k), PDict) for k in _MODULE_KEYS):
+        return None
+    skip = attrs.get("_non_persistent_buffers_set")
+    skip = {x for x in skip if isinstance(x, str)} if isinstance(skip, list) else set()
+    members = [(k, v) for k, v in attrs["_parameters"].pairs if v is not None]
+    members += [(k, v) for k, v in attrs["_buffers"].pairs if v is not None and k not in skip]
+    members += [(k, v) for k, v in attrs["_modules"].pairs if v is not None]
+    return members
 
 
 def obj_has_tensors(obj: object, budget: int = 10_000) -> bool:
@@ -669,6 +704,8 @@ def obj_has_tensors(obj: object, budget: int = 10_000) -> bool:
             todo.extend(v for _, v in x.pairs)
         elif isinstance(x, (list, tuple)):
             todo.extend(x)
+        elif isinstance(x, Opaque):
+            todo.extend(v for _, v in module_members(x) or ())
     return False
 
 
