@@ -86,6 +86,12 @@ def make_seeds(out: Path) -> None:
     torch.save(state, out / "torch-zip" / "pytorch_model.bin")
     torch.save({"model": {"w": torch.zeros(3, 4), "b": torch.zeros(4)}, "step": 7, "view": torch.zeros(8)[2:6]}, out / "torch-zip" / "training.pt")
     torch.save(state, out / "torch-legacy" / "legacy.bin", _use_new_zipfile_serialization=False)
+    # a whole module (torch.save(model)): NEWOBJ + BUILD of nn.Module classes, a tie, a non-persistent buffer
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4, bias=False))
+    module[1].weight = module[0].weight
+    module[0].register_buffer("scratch", torch.zeros(2), persistent=False)
+    torch.save(module, out / "torch-zip" / "module.pt")
+    torch.save(module, out / "torch-legacy" / "module-legacy.bin", _use_new_zipfile_serialization=False)
     import zipfile
 
     for seed in sorted((out / "torch-zip").iterdir()):
