@@ -458,8 +458,9 @@ class _Hub:
         return replace(ck, origin=MappingProxyType(origin))
 
     def downloaded(self) -> Checkpoint | None:
-        """Offline, with no cached headers: this revision as huggingface_hub downloaded it into its own cache (``hf
-        download``, ``from_pretrained``), counted from those files as a local folder is; None when it has none.
+        """Without the network (offline, or the Hub unreachable) and without cached headers: this revision as
+        huggingface_hub downloaded it into its own cache (``hf download``, ``from_pretrained``), counted from those
+        files as a local folder is; None when it has none.
 
         The snapshot is found as huggingface_hub finds it offline: ``<hub cache>/models--org--name/refs/<revision>``
         names the commit (a commit sha names itself) and ``snapshots/<commit>/`` holds the files. A file or folder of
