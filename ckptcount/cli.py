@@ -41,9 +41,11 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are checkpoint files (.safetensors, .bin/.pt/.pth/.ckpt read without executing pickle, .gguf),
-    directories holding them, or sharded sets with their *.index.json. Several targets are shown side by side. Anything that is not a local path may be
-    a Hub repo (org/name), an hf://org/name/sub/folder path or an https://.../resolve/<revision>/<file> URL: only
-    headers are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured).
+    directories holding them (a Hugging Face cache snapshot, or its models--org--name folder, too), or sharded sets
+    with their *.index.json. Several targets are shown side by side. Anything that is not a local path may be a Hub
+    repo (org/name), an hf://org/name/sub/folder path or an https://.../resolve/<revision>/<file> URL: only headers
+    are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured; offline or with the Hub
+    unreachable, a copy huggingface_hub downloaded is read instead).
     """
     options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
     options = {k: v for k, v in options.items() if v is not None}
