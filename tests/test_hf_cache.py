@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from hubserver import load_dir
 
 from ckptcount import audit
-from ckptcount.errors import CkptError, TargetNotFound, UnsafePath
 from ckptcount.cli import main
+from ckptcount.errors import CkptError, TargetNotFound, UnsafePath
 from ckptcount.sources import real_roots
 from test_local import S1, S2, A, B, st_file, write_sharded
 
