@@ -346,13 +346,14 @@ class WithSkips(torch.nn.Module):
         self.again = self.lin  # one submodule under two names: state_dict lists both, sharing storage
 
 
-@pytest.mark.parametrize("name", [*MODELS, "with-skips"])
-@pytest.mark.parametrize("legacy", [False, True])
+# not mixed-views in the legacy format: torch writes float8/uint16 storages untyped there (see above)
+WHOLE = [(name, legacy) for name in [*MODELS, "with-skips"] for legacy in (False, True) if not (legacy and name == "mixed-views")]
+
+
+@pytest.mark.parametrize("name, legacy", WHOLE, ids=[f"{n}-{'legacy' if legacy else 'zip'}" for n, legacy in WHOLE])
 def test_a_whole_pickled_module_is_read_as_its_state_dict(tmp_path, name, legacy):
     """torch.save(model) pickles the module object itself. Nothing of it is run: its tensors are read from the
     __dict__ the pickle carries, under state_dict()'s names, shapes and dtypes, ties included."""
-    if name == "mixed-views" and legacy:
-        pytest.skip("torch writes float8/uint16 storages untyped in the legacy format (see above)")
     torch.manual_seed(0)
     model = WithSkips() if name == "with-skips" else MODELS[name]()
     path = tmp_path / "model.pt"
