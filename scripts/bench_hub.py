@@ -6,7 +6,7 @@ Side by side, each as a whole process (start-up imports included), on a fresh HF
 - huggingface_hub ``get_safetensors_metadata(repo)``;
 - hf-mem (PyPI ``hf-mem``, when ``--hf-mem`` names its executable): hf-mem ignores HF_ENDPOINT and always calls
   https://huggingface.co, so its process gets a ``sitecustomize`` that rewrites that origin to the stand-in's in an
-  httpx2 request hook (no proxy, nothing else changed).
+  httpx2 (or, with huggingface_hub 1.x, httpx) request hook (no proxy, nothing else changed).
 
 Repos: ``openai-community/gpt2`` (the header-only fixture, one file) and ``bench/sharded-10`` (the gpt2-xl header split
 into 10 shards with an index; shards are served as header + zeros of their true size). LFS files redirect to a second
@@ -38,7 +38,11 @@ from hubserver import HubServer, Virtual, load_dir  # noqa: E402
 
 SITECUSTOMIZE = """
 import os
-import httpx2
+
+try:  # huggingface_hub 2.x (and the hf-mem built on it) uses httpx2; 1.x uses httpx
+    import httpx2
+except ImportError:
+    import httpx as httpx2
 
 _TARGET = os.environ["BENCH_ENDPOINT"]
 _init = httpx2.AsyncClient.__init__
