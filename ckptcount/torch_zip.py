@@ -622,21 +622,29 @@ def _key(k: object) -> str:
     return f"<{type(k).__name__}>"
 
 
+MAX_RELISTED = 100_000  # members of modules listed again under another name (a DAG of modules doubles per level)
+
+
 def walk(root: object, where: str) -> Walked:
     """Every tensor under its full path (``state_dict.model.x.weight``, ``optimizer.state.0.exp_avg``).
 
     A bare state dict's tensors keep their own names. A whole pickled ``nn.Module`` (``torch.save(model)``, an object
     the machine did not build) is read from the ``__dict__`` its ``BUILD`` carried, under the names its
-    ``state_dict()`` would give (:func:`module_members`). Iterative; each container is walked once (a container
-    reached twice, or a cycle, is reported instead of being listed again).
+    ``state_dict()`` would give (:func:`module_members`): a submodule set under two names is listed under both, as
+    ``state_dict()`` lists it (up to :data:`MAX_RELISTED` members in all), its tensors then one storage. Iterative;
+    any other container is walked once (a container reached twice, or a cycle, is reported instead of being listed
+    again).
     """
     out: list[tuple[str, TensorRef]] = []
     findings: list[Finding] = []
     seen: set[int] = set()  # ids only: holding every path of a 200k-deep nest would cost gigabytes
+    trail: list[int] = []  # the ids of the containers on the current path, by depth
+    on_trail: dict[int, int] = {}
+    relisted = 0
     cut = False
-    todo: list[tuple[str, object]] = [("", root)]
+    todo: list[tuple[str, object, int]] = [("", root, 0)]
     while todo:
-        path, obj = todo.pop()
+        path, obj, depth = todo.pop()
         if isinstance(obj, TensorRef):
             out.append((path or "<root>", obj))
             continue
@@ -646,11 +654,19 @@ def walk(root: object, where: str) -> Walked:
                 continue
         elif not isinstance(obj, (PDict, list, tuple)):
             continue
+        for gone in trail[depth:]:  # back up to this object's parent
+            on_trail[gone] -= 1
+        del trail[depth:]
         if id(obj) in seen:
-            if obj_has_tensors(obj):
-                findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is an object listed earlier under another path: its tensors listed once"))
-            continue
+            again = isinstance(obj, Opaque) and not on_trail.get(id(obj)) and relisted + len(members) <= MAX_RELISTED
+            if not again:
+                if obj_has_tensors(obj):
+                    findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is an object listed earlier under another path: its tensors listed once"))
+                continue
+            relisted += len(members)
         seen.add(id(obj))
+        trail.append(id(obj))
+        on_trail[id(obj)] = on_trail.get(id(obj), 0) + 1
         items = members if isinstance(obj, Opaque) else obj.pairs if isinstance(obj, PDict) else enumerate(obj)
         children = []
         for k, v in items:
@@ -658,7 +674,7 @@ def walk(root: object, where: str) -> Walked:
             if len(name) > MAX_NAME_CHARS:  # keep both ends: the container and the tensor's own name
                 cut = True
                 name = name[: MAX_NAME_CHARS // 2] + "..." + name[-(MAX_NAME_CHARS // 2) :]
-            children.append((name, v))
+            children.append((name, v, depth + 1))
         todo.extend(reversed(children))
     if cut:
         findings.append(Finding("long-name", f"{where}: paths longer than {MAX_NAME_CHARS} characters were shortened in the middle"))
