@@ -22,6 +22,7 @@ from .torch_zip import (
     Truncated,
     TorchRead,
     _q,
+    _row_major,
     _storage,
     check_storages,
     storage_ties,
@@ -115,4 +116,10 @@ def _parse(buf: bytes, size: int, name: str, where: str, *, partial: bool, reads
     findings = unsafe_findings(main, name) + list(walked.findings) + list(tie_findings) + extra
     for other in (magic, version, _sys_info, keys):
         findings += unsafe_findings(other, name)
-    return TorchRead(tuple(records), ties, tuple(findings), pickle_bytes, data_bytes, got, reads)
+    at: dict[str, tuple[str, int]] = {}  # each storage: an 8-byte element count, then its bytes, in key-list order
+    offset = pos
+    for key in listed:
+        at[key] = ("at", offset + 8)
+        offset += 8 + declared[key].numel * ITEMSIZE[declared[key].dtype]
+    strided = frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
+    return TorchRead(tuple(records), ties, tuple(findings), pickle_bytes, data_bytes, got, reads, at, strided)

@@ -31,6 +31,7 @@ import codecs
 import struct
 import zlib
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .errors import TorchFileError
 from .records import FileRecord, Finding, TensorRecord, TieGroup
@@ -966,6 +967,18 @@ class TorchRead:
     data_bytes: int  # bytes of the storages the tensors use, each once
     bytes_read: int
     reads: int
+    storages: dict[str, tuple[str, int]] = field(default_factory=dict)  # FileRecord.storages
+    strided: frozenset[str] = frozenset()  # FileRecord.strided
+
+
+def _row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a tensor's elements are one run of its storage in row-major order (dims of size 1 have any stride)."""
+    want = 1
+    for d, s in zip(reversed(shape), reversed(stride)):
+        if d != 1 and s != want:
+            return False
+        want *= d
+    return True
 
 
 def check_storages(walked: Walked, sizes: dict[str, int] | None, where: str, name: str) -> tuple[list[TensorRecord], int, list[Finding]]:
@@ -1025,7 +1038,9 @@ def read_torch_zip(source, name: str, where: str) -> TorchRead:
     records, data_bytes, extra = check_storages(walked, sizes, where, name)
     ties, tie_findings = storage_ties(walked.tensors, name)
     findings = unsafe_findings(result, name) + list(walked.findings) + list(tie_findings) + extra
-    return TorchRead(tuple(records), ties, tuple(findings), len(data), data_bytes, r.bytes_read, r.reads)
+    stored = {e.name[len(prefix) :]: ("zip", e.offset) for e in entries if e.name.startswith(prefix) and e.method == 0}
+    strided = frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
+    return TorchRead(tuple(records), ties, tuple(findings), len(data), data_bytes, r.bytes_read, r.reads, stored, strided)
 
 
 def read_pytorch(source, name: str, where: str):
@@ -1048,5 +1063,7 @@ def read_pytorch(source, name: str, where: str):
         header_only=False,
         bytes_read=getattr(source, "bytes_read", got.bytes_read),
         format=fmt,
+        storages=MappingProxyType(got.storages),
+        strided=got.strided,
     )
     return FileRead(record, got.tensors, got.ties, got.findings, data_bytes=got.data_bytes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -801,12 +802,37 @@ def hub_opener(checkpoint, token: str | None = None) -> Opener:
     return open_file
 
 
-def data_offset(f: FileRecord, t: TensorRecord) -> int | str:
-    """Absolute offset of ``t``'s bytes in its file, or why they cannot be read."""
+def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None) -> int | str:
+    """Absolute offset of ``t``'s bytes in its file, or why they cannot be read.
+
+    PyTorch files: a tensor is read when it is one row-major run of its storage (``FileRecord.strided`` lists the
+    others: a transposed view, a slice with a step), in a legacy file at the offset the reader computed, in a zip from
+    its storage's stored (uncompressed) entry, whose local header is read from ``source`` (30 bytes: where the data
+    starts depends on the header's own name and extra-field lengths)."""
     if f.header_only:
         return f"{f.path} holds only its header: no tensor data to verify"
     if f.format == "safetensors":
         return 8 + f.header_bytes + t.begin
+    if f.format in ("pytorch", "pytorch-legacy"):
+        if t.name in f.strided:
+            return f"{t.name} is a strided view of its storage (a transpose or a step): not read"
+        where = f.storages.get(t.storage)
+        if where is None:
+            return f"{t.name}: storage {t.storage!r} is compressed in the zip: not read"
+        kind, offset = where
+        if kind == "at":
+            return offset + t.begin
+        if source is None:
+            return f"{t.name}: no source to read its storage's zip entry from"
+        head = source.read(offset, 30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise ReadError(f.path, f"no zip local header for storage {t.storage!r} at offset {offset}")
+        nlen, elen = struct.unpack("<HH", head[26:30])
+        start = offset + 30 + nlen + elen + t.begin
+        size = source.size()
+        if size is not None and start + t.nbytes > size:
+            raise ReadError(f.path, f"storage {t.storage!r} of {t.name!r} runs past the end of the file")
+        return start
     return f"reading {f.format} tensor data is not supported by --verify-ties"
 
 
@@ -864,11 +890,12 @@ def verify_report(
 
     def locate(name: str) -> Located | str:
         t = tensors[name]
-        where = data_offset(files[t.file], t)
+        f = files[t.file]
+        source = open_source(t.file) if not f.header_only and f.format != "safetensors" and f.storages else None
+        where = data_offset(f, t, source)
         if isinstance(where, str):
             return where
-        source = open_source(t.file)
-        return Located(t, source, where)
+        return Located(t, source or open_source(t.file), where)
 
     def check(a: str, b: str | None) -> ContentCheck:
         key = (a,) if b is None else (a, b)

@@ -156,6 +156,59 @@ def test_embedding_vs_head_matches_numpy_oracle(ckpts, name, backend):
     assert sum(f.bytes_read for f in opener.opened.values()) == spans
 
 
+@pytest.fixture(scope="module")
+def bins(ckpts, tmp_path_factory):
+    """Each case's tensors saved by torch.save as a zip and in the legacy (pre-1.6) format, with its config.json."""
+    root = tmp_path_factory.mktemp("verify-bin")
+    out = {}
+    for name, (folder, _, _) in ckpts.items():
+        tensors = load_file(str(folder / "model.safetensors"))
+        for kind, zipped in (("zip", True), ("legacy", False)):
+            if not zipped and any(t.dtype == torch.float8_e4m3fn for t in tensors.values()):
+                continue  # torch writes float8 storages untyped in the legacy format and cannot load them itself
+            d = root / f"{name}-{kind}"
+            d.mkdir()
+            torch.save(tensors, d / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+            (d / "config.json").write_bytes((folder / "config.json").read_bytes())
+            out[(name, kind)] = d
+    return out
+
+
+BINS = [(name, kind) for name in PAIRS for kind in ("zip", "legacy") if (name, kind) != ("f16-vs-f8", "legacy")]
+
+
+@pytest.mark.parametrize("name, kind", BINS, ids=[f"{n}-{k}" for n, k in BINS])
+def test_pytorch_files_are_verified_like_safetensors(ckpts, bins, name, kind):
+    """The same tensors in a torch.save file: the embedding and head bytes are read from their storages (the zip's
+    stored entries, or the legacy file's storage area) and give the numpy oracle's numbers, reading only them.
+    (Not f16-vs-f8 in the legacy format: torch writes float8 storages untyped there and cannot load them itself.)"""
+    _, emb, head = ckpts[name]
+    want = _expected(emb, head)
+    report, opener = _verify(bins[(name, kind)], backend="numpy", device="cpu")
+    c = report.verification.embedding_vs_head
+    assert report.checkpoint.format == ("pytorch" if kind == "zip" else "pytorch-legacy")
+    assert c.skipped is None
+    assert c.pearson_r == pytest.approx(want["r"], abs=1e-9)
+    assert c.max_abs_diff == pytest.approx(want["diff"], abs=1e-12)
+    assert c.identical is want["identical"]
+    spans = emb.numel() * emb.element_size() + head.numel() * head.element_size()
+    assert c.bytes_read == spans
+    # and nothing else but, in a zip, the 30-byte local header of each of the two storages
+    header_reads = 2 * 30 if kind == "zip" else 0
+    assert sum(f.bytes_read for f in opener.opened.values()) == spans + header_reads
+
+
+def test_a_strided_pytorch_view_is_not_read(tmp_path):
+    emb = torch.randn(V, D)
+    (tmp_path / "m").mkdir()
+    # the head is emb.t() itself: a transposed view of the embedding's storage, not a row-major run of it
+    torch.save({"model.embed_tokens.weight": emb, "lm_head.weight": emb.t()}, tmp_path / "m" / "pytorch_model.bin")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    report, _ = _verify(tmp_path / "m", backend="numpy", device="cpu")
+    c = report.verification.embedding_vs_head
+    assert c.skipped == "lm_head.weight is a strided view of its storage (a transpose or a step): not read"
+
+
 def test_findings_per_case(ckpts):
     kinds = {}
     for name in PAIRS:
@@ -356,6 +409,22 @@ def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
     assert all(r.host == "cdn" for r in data[1:])  # after the first redirect, reads go straight to the CDN
     r = CliRunner().invoke(main, ["org/transposed-near", "--verify-ties", "--strict"])
     assert r.exit_code == 4 and "near-copy" in r.stdout
+
+
+def test_remote_pytorch_zip_reads_the_local_headers_then_the_spans(ckpts, bins, hub):
+    """A .bin on the test Hub: per storage one 30-byte range for its zip local header, then the tensor's bytes."""
+    from hubserver import load_dir
+
+    _, emb, head = ckpts["near-copy"]
+    hub.add("org/near-bin", load_dir(bins[("near-copy", "zip")]))
+    report = audit("org/near-bin")
+    hub.reset_log()
+    c = verify_report(report, device="cpu", backend="numpy").verification.embedding_vs_head
+    want = _expected(emb, head)
+    assert c.skipped is None and c.pearson_r == pytest.approx(want["r"], abs=1e-9) and c.identical is False
+    data = [r for r in hub.requests() if r.range and r.status == 206]
+    assert sorted(r.sent for r in data if r.sent == 30) == [30, 30]
+    assert sum(r.sent for r in data) == 2 * 30 + 2 * V * D * 4
 
 
 # --------------------------------------------------------------------------------------------------------------------
