@@ -177,16 +177,18 @@ def bins(ckpts, tmp_path_factory):
 BINS = [(name, kind) for name in PAIRS for kind in ("zip", "legacy") if (name, kind) != ("f16-vs-f8", "legacy")]
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("name, kind", BINS, ids=[f"{n}-{k}" for n, k in BINS])
-def test_pytorch_files_are_verified_like_safetensors(ckpts, bins, name, kind):
+def test_pytorch_files_are_verified_like_safetensors(ckpts, bins, name, kind, backend):
     """The same tensors in a torch.save file: the embedding and head bytes are read from their storages (the zip's
     stored entries, or the legacy file's storage area) and give the numpy oracle's numbers, reading only them.
     (Not f16-vs-f8 in the legacy format: torch writes float8 storages untyped there and cannot load them itself.)"""
     _, emb, head = ckpts[name]
     want = _expected(emb, head)
-    report, opener = _verify(bins[(name, kind)], backend="numpy", device="cpu")
+    report, opener = _verify(bins[(name, kind)], backend=backend, device="cpu")
     c = report.verification.embedding_vs_head
     assert report.checkpoint.format == ("pytorch" if kind == "zip" else "pytorch-legacy")
+    assert (c.backend, c.orientation) == (backend, "transposed" if name.startswith("transposed") else "same")
     assert c.skipped is None
     assert c.pearson_r == pytest.approx(want["r"], abs=1e-9)
     assert c.max_abs_diff == pytest.approx(want["diff"], abs=1e-12)
