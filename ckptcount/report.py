@@ -62,6 +62,9 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
         ],
         "findings": [{"kind": f.kind, "message": f.message} for f in ck.findings],
     }
+    claimed = _claimed_parameters(ck)
+    if claimed is not None:  # what the sharded index's author wrote (transformers: model.num_parameters())
+        d["index_total_parameters"] = claimed
     if ck.origin:  # Hub targets: which commit was read, and what it cost
         d["hub"] = {k: ck.origin.get(k) for k in ("endpoint", "repo", "revision", "sha", "path", "cached", "requests", "bytes_received")}
         for key in ("local_copy", "unreachable"):  # read without the network: hub._Hub.without_network
@@ -257,10 +260,23 @@ def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
     return out
 
 
+def _claimed_parameters(ck) -> int | None:
+    """``metadata.total_parameters`` of a sharded index, when it is a count: transformers writes its
+    ``num_parameters()`` there. Author-written, so never used for the count; shown beside it."""
+    claimed = ck.index_metadata.get("total_parameters") if ck.index_metadata else None
+    return claimed if type(claimed) is int and claimed >= 0 else None
+
+
 def notes(report: Report) -> list[str]:
-    """Lines under the table: each tie's evidence and each finding."""
+    """Lines under the table: each tie's evidence, each finding, and an index that claims another count."""
     label = _label(report.checkpoint.target)
     out = [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
+    claimed = _claimed_parameters(report.checkpoint)
+    if claimed is not None and claimed != report.counts.parameters:
+        out.append(
+            f"{safe(label)}: the index says {claimed:,} parameters (metadata.total_parameters, written by whoever saved it);"
+            f" the headers give {report.counts.parameters:,}"
+        )
     origin = report.checkpoint.origin
     if origin.get("local_copy") or origin.get("unreachable"):
         why = f"the Hub could not be reached ({origin['unreachable']})" if origin.get("unreachable") else "offline"

@@ -340,3 +340,34 @@ def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
     assert (r.exit_code, r.stderr) == (1, "Error: locked: cannot list the folder: Permission denied\n")
     r = CliRunner().invoke(main, ["locked/model.safetensors.index.json"])
     assert (r.exit_code, r.stderr) == (1, "Error: locked: cannot list the folder: Permission denied\n")
+
+
+def test_the_index_total_parameters_is_shown_never_used(tmp_path, tiny_sharded):
+    """transformers writes model.num_parameters() as metadata.total_parameters: shown beside the count, which comes
+    from the headers; a disagreement is a note under the table, not a finding (the number is author-written)."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from ckptcount.cli import main
+
+    folder, oracle = tiny_sharded
+    r = CliRunner().invoke(main, [str(folder), "--format", "json"])
+    d = _json.loads(r.stdout)["targets"][0]
+    assert d["index_total_parameters"] == d["parameters"] == oracle
+    assert "index says" not in CliRunner().invoke(main, [str(folder)]).stdout
+
+    write_sharded(tmp_path / "m", {S1: A, S2: B})
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    doc = _json.loads(index.read_text())
+    doc["metadata"]["total_parameters"] = 999
+    index.write_text(_json.dumps(doc))
+    r = CliRunner().invoke(main, [str(tmp_path / "m"), "--strict"])
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[-1] == "m: the index says 999 parameters (metadata.total_parameters, written by whoever saved it); the headers give 24"
+    d = _json.loads(CliRunner().invoke(main, [str(tmp_path / "m"), "--format", "json"]).stdout)["targets"][0]
+    assert (d["index_total_parameters"], d["parameters"], d["findings"]) == (999, 24, [])
+    for bad in ("999", -1, True, None, 1.5):  # not a count: not shown
+        doc["metadata"]["total_parameters"] = bad
+        index.write_text(_json.dumps(doc))
+        assert "index_total_parameters" not in _json.loads(CliRunner().invoke(main, [str(tmp_path / "m"), "--format", "json"]).stdout)["targets"][0]
