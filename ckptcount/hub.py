@@ -477,7 +477,8 @@ class _Hub:
             ref = repo / "refs" / self.rev
             if not (ref.is_file() and (repo / "refs").resolve() in ref.resolve().parents):
                 return None
-            commit = ref.read_text("ascii", "replace").strip()
+            with open(ref, "rb") as f:  # a commit sha: 40 characters; never read a large file whole
+                commit = f.read(256).decode("ascii", "replace").strip()
         snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None
         if snapshot is None or not snapshot.is_dir():
             return None
