@@ -468,7 +468,7 @@ class _Hub:
         from huggingface_hub.file_download import repo_folder_name
 
         from .local import load_local
-        from .sources import inside
+        from .sources import entries, inside
 
         t = self.t
         repo = hub_cache() / repo_folder_name(repo_id=t.repo, repo_type="model")
@@ -477,8 +477,11 @@ class _Hub:
             ref = repo / "refs" / self.rev
             if not (ref.is_file() and (repo / "refs").resolve() in ref.resolve().parents):
                 return None
-            with open(ref, "rb") as f:  # a commit sha: 40 characters; never read a large file whole
-                commit = f.read(256).decode("ascii", "replace").strip()
+            try:
+                with open(ref, "rb") as f:  # a commit sha: 40 characters; never read a large file whole
+                    commit = f.read(256).decode("ascii", "replace").strip()
+            except OSError:  # unreadable: as if there were no copy
+                return None
         snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None
         if snapshot is None or not snapshot.is_dir():
             return None
@@ -487,6 +490,7 @@ class _Hub:
             return None
         ck = load_local(str(local))
         folder = local if local.is_dir() else local.parent
+        listing = {e.name: e.stat().st_size for e in entries(folder, str(folder)) if e.is_file()}
         origin = {
             "endpoint": t.endpoint,
             "repo": t.repo,
@@ -496,7 +500,7 @@ class _Hub:
             "cached": False,
             "requests": 0,
             "bytes_received": 0,
-            "listing": MappingProxyType({e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}),
+            "listing": MappingProxyType(listing),
             "listed": True,
             "local_copy": str(local),
         }
