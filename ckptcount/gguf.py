@@ -333,6 +333,7 @@ def read_gguf(source, name: str, where: str):
         bytes_read=getattr(source, "bytes_read", h.header_bytes),
         format="gguf",
         info=h.kv,
+        storages=MappingProxyType({"data": ("at", h.data_start)}),  # tensor offsets count from the data section
     )
     return FileRead(record, h.tensors)
 

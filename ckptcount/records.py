@@ -107,8 +107,9 @@ class FileRecord:
     bytes_read: int = 0  # counted by the byte source: 8 + N for safetensors
     format: str = "safetensors"
     info: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # GGUF key/values (scalars, short strings)
-    # PyTorch files, for --verify-ties: storage key -> ("zip", its stored entry's local header offset) or ("at", the
-    # absolute offset of its bytes: legacy files); and the tensors whose bytes are not one row-major run of it
+    # for --verify-ties: PyTorch files, storage key -> ("zip", its stored entry's local header offset) or ("at", the
+    # absolute offset of its bytes: legacy files); GGUF, "data" -> ("at", where the data section starts). And the
+    # tensors whose bytes are not one row-major run of their storage
     storages: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}))
     strided: frozenset[str] = frozenset()
 

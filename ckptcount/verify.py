@@ -805,7 +805,8 @@ def hub_opener(checkpoint, token: str | None = None) -> Opener:
 def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None) -> int | str:
     """Absolute offset of ``t``'s bytes in its file, or why they cannot be read.
 
-    PyTorch files: a tensor is read when it is one row-major run of its storage (``FileRecord.strided`` lists the
+    GGUF: the data section's start plus the tensor's offset. PyTorch files: a tensor is read when it is one row-major
+    run of its storage (``FileRecord.strided`` lists the
     others: a transposed view, a slice with a step), in a legacy file at the offset the reader computed, in a zip from
     its storage's stored (uncompressed) entry, whose local header is read from ``source`` (30 bytes: where the data
     starts depends on the header's own name and extra-field lengths)."""
@@ -833,6 +834,8 @@ def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None
         if size is not None and start + t.nbytes > size:
             raise ReadError(f.path, f"storage {t.storage!r} of {t.name!r} runs past the end of the file")
         return start
+    if f.format == "gguf" and "data" in f.storages:  # row-major (the reader reverses ggml's dims); quantized types are
+        return f.storages["data"][1] + t.begin  # refused by compare(), by dtype
     return f"reading {f.format} tensor data is not supported by --verify-ties"
 
 

@@ -320,3 +320,42 @@ def test_every_truncation_fails_cleanly(tmp_path):
 def test_split_names():
     assert ours.split_names("m-00002-of-00003.gguf") == ["m-00001-of-00003.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"]
     assert ours.split_names("model-Q4_K_M.gguf") is None
+
+
+def _embedding_pair(path, emb: np.ndarray, head, head_type=None):
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_embedding_length(emb.shape[1])
+    w.add_token_list([f"tok{i}" for i in range(emb.shape[0])])
+    w.add_token_scores([0.0] * emb.shape[0])
+    w.add_tensor("token_embd.weight", emb)
+    w.add_tensor("output_norm.weight", np.ones(emb.shape[1], dtype=np.float32))
+    w.add_tensor("output.weight", head, raw_dtype=head_type) if head_type is not None else w.add_tensor("output.weight", head)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_verify_ties_reads_float_gguf_tensors(tmp_path, dtype):
+    """token_embd against output, read at the data section's start plus each tensor's offset (row-major: the reader
+    reverses ggml's dims), against numpy; a quantized head is reported by its type, not read."""
+    from ckptcount.verify import local_opener, verify_report
+
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((V, D)).astype(dtype)
+    head = (emb + 1e-2 * rng.standard_normal((V, D))).astype(dtype)
+    _embedding_pair(tmp_path / "m.gguf", emb, head)
+    opener = local_opener(str(tmp_path / "m.gguf"))
+    c = verify_report(audit(str(tmp_path / "m.gguf")), device="cpu", backend="numpy", open_source=opener).verification.embedding_vs_head
+    e, h = emb.astype(np.float64), head.astype(np.float64)
+    assert c.skipped is None and c.orientation == "same"
+    assert c.pearson_r == pytest.approx(float(np.corrcoef(e.ravel(), h.ravel())[0, 1]), abs=1e-9)
+    assert c.max_abs_diff == pytest.approx(float(np.abs(e - h).max()), abs=1e-12)
+    assert c.identical is False and c.bytes_read == 2 * emb.nbytes
+    assert sum(f.bytes_read for f in opener.opened.values()) == 2 * emb.nbytes
+
+    _embedding_pair(tmp_path / "q.gguf", emb, _raw(T.Q8_0, V, D), T.Q8_0)
+    c = verify_report(audit(str(tmp_path / "q.gguf")), device="cpu", backend="numpy").verification.embedding_vs_head
+    assert c.skipped == "output.weight is Q8_0: only F64, F32, F16, BF16 and F8 are decoded"
