@@ -1038,7 +1038,8 @@ def read_torch_zip(source, name: str, where: str) -> TorchRead:
     records, data_bytes, extra = check_storages(walked, sizes, where, name)
     ties, tie_findings = storage_ties(walked.tensors, name)
     findings = unsafe_findings(result, name) + list(walked.findings) + list(tie_findings) + extra
-    stored = {e.name[len(prefix) :]: ("zip", e.offset) for e in entries if e.name.startswith(prefix) and e.method == 0}
+    # where --verify-ties may read a storage: a stored entry whose bytes are its whole size (anything else: not read)
+    stored = {e.name[len(prefix) :]: ("zip", e.offset) for e in entries if e.name.startswith(prefix) and e.method == 0 and e.csize == e.usize}
     strided = frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
     return TorchRead(tuple(records), ties, tuple(findings), len(data), data_bytes, r.bytes_read, r.reads, stored, strided)
 
