@@ -819,7 +819,7 @@ def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None
             return f"{t.name} is a strided view of its storage (a transpose or a step): not read"
         where = f.storages.get(t.storage)
         if where is None:
-            return f"{t.name}: storage {t.storage!r} is compressed in the zip: not read"
+            return f"{t.name}: storage {t.storage!r} is not a stored (uncompressed) zip entry of its size: not read"
         kind, offset = where
         if kind == "at":
             return offset + t.begin
