@@ -617,3 +617,21 @@ def test_auto_without_a_gpu_does_not_import_torch():
     code = "import sys; from ckptcount.verify import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["numpy", "False", "False"]  # torch is installed here (not missing), and was not imported
+
+
+def test_a_deflated_pytorch_storage_is_not_read(tmp_path):
+    """torch writes storages stored; a zip re-packed with deflate still counts, but its bytes are not read for a check."""
+    import zipfile
+
+    emb = torch.randn(V, D)
+    src, dst = tmp_path / "src.bin", tmp_path / "m" / "pytorch_model.bin"
+    torch.save({"model.embed_tokens.weight": emb, "lm_head.weight": emb.clone()}, src)
+    dst.parent.mkdir()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    (dst.parent / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": False}))
+    report, _ = _verify(dst.parent, backend="numpy", device="cpu")
+    assert report.counts.parameters == 2 * V * D
+    c = report.verification.embedding_vs_head
+    assert c.skipped is not None and "is not a stored (uncompressed) zip entry of its size: not read" in c.skipped
