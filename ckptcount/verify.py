@@ -12,7 +12,8 @@ one budget (``block_bytes``) whatever the vocabulary size. For each pair:
 * mean, std, min and max of each tensor.
 
 A head that is not stored but tied by the config is one matrix: the tie is structural (r = 1 by construction) and only
-the stored tensor's statistics are computed.
+the stored tensor's statistics are computed. Safetensors, PyTorch (zip and legacy) and GGUF files are read, each at the
+offsets its reader recorded (:func:`data_offset`).
 
 Backends: torch on ``cuda`` when available (blocks read into pinned host memory, copied to the GPU), else numpy on
 the CPU (faster there than torch's CPU ops; torch on the CPU with ``backend="torch"``). Both decode F32, F16, BF16, F64
@@ -805,11 +806,11 @@ def hub_opener(checkpoint, token: str | None = None) -> Opener:
 def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None) -> int | str:
     """Absolute offset of ``t``'s bytes in its file, or why they cannot be read.
 
-    GGUF: the data section's start plus the tensor's offset. PyTorch files: a tensor is read when it is one row-major
-    run of its storage (``FileRecord.strided`` lists the
-    others: a transposed view, a slice with a step), in a legacy file at the offset the reader computed, in a zip from
-    its storage's stored (uncompressed) entry, whose local header is read from ``source`` (30 bytes: where the data
-    starts depends on the header's own name and extra-field lengths)."""
+    Safetensors: after the header. GGUF: the data section's start plus the tensor's offset. PyTorch files: a tensor
+    is read when it is one row-major run of its storage (``FileRecord.strided`` lists the others: a transposed view, a
+    slice with a step); in a legacy file at the offset the reader computed, in a zip from its storage's stored entry,
+    whose local header is read from ``source`` (30 bytes: where the data starts depends on the header's own name and
+    extra-field lengths)."""
     if f.header_only:
         return f"{f.path} holds only its header: no tensor data to verify"
     if f.format == "safetensors":
