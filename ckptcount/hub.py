@@ -467,21 +467,16 @@ class _Hub:
         the target that was not downloaded is None too (a partial download that lacks a shard fails on that shard)."""
         from huggingface_hub.file_download import repo_folder_name
 
+        from .errors import ReadError
         from .local import load_local
-        from .sources import entries, inside
+        from .sources import entries, inside, ref_commit
 
         t = self.t
         repo = hub_cache() / repo_folder_name(repo_id=t.repo, repo_type="model")
-        commit = self.rev
-        if not _SHA.match(commit):
-            ref = repo / "refs" / self.rev
-            if not (ref.is_file() and (repo / "refs").resolve() in ref.resolve().parents):
-                return None
-            try:
-                with open(ref, "rb") as f:  # a commit sha: 40 characters; never read a large file whole
-                    commit = f.read(256).decode("ascii", "replace").strip()
-            except OSError:  # unreadable: as if there were no copy
-                return None
+        try:
+            commit = ref_commit(repo, self.rev, str(repo))
+        except ReadError:  # an unreadable ref: as if there were no copy
+            return None
         snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None
         if snapshot is None or not snapshot.is_dir():
             return None

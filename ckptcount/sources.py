@@ -14,7 +14,9 @@ from pathlib import Path
 
 from .errors import ReadError, TargetNotFound, UnsafePath
 
-_CACHE_REPO = re.compile(r"(models|datasets|spaces)--.+")  # a repo's folder in the Hugging Face cache
+CACHE_REPO_PREFIX = r"(?:models|datasets|spaces)--"  # how a repo's folder in the Hugging Face cache is named
+_CACHE_REPO = re.compile(CACHE_REPO_PREFIX + ".+")
+_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 def entries(folder: Path, where: str) -> list[Path]:
@@ -54,10 +56,8 @@ def cache_snapshot(folder: Path, where: str) -> Path | None:
     snapshots = folder / "snapshots"
     if not (_CACHE_REPO.fullmatch(folder.resolve().name) and snapshots.is_dir()):
         return None
-    ref = folder / "refs" / "main"
-    if ref.is_file():
-        source = LocalFile(ref, f"{where}/refs/main")
-        commit = source.read(0, min(source.size(), 256)).decode("ascii", "replace").strip()
+    commit = ref_commit(folder, "main", where)
+    if commit is not None:
         snapshot = inside(snapshots, commit, f"{where}/refs/main")
         if not snapshot.is_dir():
             raise TargetNotFound(where, f"refs/main names commit {commit!r}, which has no snapshot here")
@@ -66,6 +66,19 @@ def cache_snapshot(folder: Path, where: str) -> Path | None:
     if len(found) != 1:
         raise TargetNotFound(where, f"a Hugging Face cache folder with {len(found)} snapshots and no refs/main; name one: {', '.join(found[:5]) or 'none'}")
     return snapshots / found[0]
+
+
+def ref_commit(repo: Path, revision: str, where: str) -> str | None:
+    """The commit that ``revision`` names in a repo folder of the Hugging Face cache: a commit sha names itself, else
+    ``refs/<revision>`` holds it (read bounded: a sha is 40 characters). None when there is no such ref inside
+    ``refs/``. The text is untrusted: callers take it as a plain folder name under ``snapshots/`` (:func:`inside`)."""
+    if _SHA.fullmatch(revision):
+        return revision
+    ref = repo / "refs" / revision
+    if not (ref.is_file() and (repo / "refs").resolve() in ref.resolve().parents):
+        return None
+    source = LocalFile(ref, f"{where}/refs/{revision}")
+    return source.read(0, min(source.size(), 256)).decode("ascii", "replace").strip()
 
 
 def inside(root: Path, name: str, where: str, roots: tuple[Path, ...] | None = None) -> Path:
