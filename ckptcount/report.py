@@ -12,6 +12,7 @@ import re
 
 from .errors import CkptError
 from .records import COMPONENTS, Report
+from .sources import CACHE_REPO_PREFIX
 
 SCHEMA_VERSION = 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
@@ -210,7 +211,7 @@ def _n(x: int) -> str:
 
 
 # a path in the Hugging Face cache: <...>/models--org--name[/snapshots/<commit>[/sub/path]]
-_CACHE_PATH = re.compile(r"(?:^|/)(?:models|datasets|spaces)--([^/]+)(?:/snapshots/([^/]+)((?:/[^/]+)*))?/*$")
+_CACHE_PATH = re.compile(r"(?:^|/)" + CACHE_REPO_PREFIX + r"([^/]+)(?:/snapshots/([^/]+)((?:/[^/]+)*))?/*$")
 
 
 def _label(target: str) -> str:
