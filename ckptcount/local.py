@@ -228,6 +228,7 @@ def load_local(target: str) -> Checkpoint:
     findings: list[Finding] = []
     index = weight_map = None
     index_meta: dict = {}
+    held = None  # the folder's listing, when it was read
 
     if is_dir:
         held = entries(path, target)
@@ -246,7 +247,8 @@ def load_local(target: str) -> Checkpoint:
     if index is not None:
         weight_map, index_meta = parse_index(_read_small(root / index, where(index), MAX_INDEX_BYTES), where(index))
         names = sorted(set(weight_map.values()))
-        findings.extend(unreferenced_shards((p.name for p in entries(root, str(root))), names, index))
+        listing = held if held is not None else entries(root, str(root))  # a directory target was listed already
+        findings.extend(unreferenced_shards((p.name for p in listing), names, index))
 
     reads: dict[str, FileRead] = {}
     roots = real_roots(root) if index is not None else None
