@@ -22,10 +22,10 @@ from .torch_zip import (
     Truncated,
     TorchRead,
     _q,
-    _row_major,
     _storage,
     check_storages,
     storage_ties,
+    strided,
     unpickle,
     unsafe_findings,
     walk,
@@ -121,5 +121,4 @@ def _parse(buf: bytes, size: int, name: str, where: str, *, partial: bool, reads
     for key in listed:
         at[key] = ("at", offset + 8)
         offset += 8 + declared[key].numel * ITEMSIZE[declared[key].dtype]
-    strided = frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
-    return TorchRead(tuple(records), ties, tuple(findings), pickle_bytes, data_bytes, got, reads, at, strided)
+    return TorchRead(tuple(records), ties, tuple(findings), pickle_bytes, data_bytes, got, reads, at, strided(walked))

@@ -639,8 +639,8 @@ def walk(root: object, where: str) -> Walked:
     out: list[tuple[str, TensorRef]] = []
     findings: list[Finding] = []
     seen: set[int] = set()  # ids only: holding every path of a 200k-deep nest would cost gigabytes
-    trail: list[int] = []  # the ids of the containers on the current path, by depth
-    on_trail: dict[int, int] = {}
+    trail: list[int] = []  # the ids of the containers on the current path, by depth (each at most once: cycles are cut)
+    on_trail: set[int] = set()
     relisted = 0
     cut = False
     todo: list[tuple[str, object, int]] = [("", root, 0)]
@@ -655,11 +655,10 @@ def walk(root: object, where: str) -> Walked:
                 continue
         elif not isinstance(obj, (PDict, list, tuple)):
             continue
-        for gone in trail[depth:]:  # back up to this object's parent
-            on_trail[gone] -= 1
+        on_trail.difference_update(trail[depth:])  # back up to this object's parent
         del trail[depth:]
         if id(obj) in seen:
-            again = isinstance(obj, Opaque) and not on_trail.get(id(obj)) and relisted + len(members) <= MAX_RELISTED
+            again = isinstance(obj, Opaque) and id(obj) not in on_trail and relisted + len(members) <= MAX_RELISTED
             if not again:
                 if obj_has_tensors(obj):
                     findings.append(Finding("repeated-object", f"{where}: {_q(path or '<root>')} is an object listed earlier under another path: its tensors listed once"))
@@ -667,7 +666,7 @@ def walk(root: object, where: str) -> Walked:
             relisted += len(members)
         seen.add(id(obj))
         trail.append(id(obj))
-        on_trail[id(obj)] = on_trail.get(id(obj), 0) + 1
+        on_trail.add(id(obj))
         items = members if isinstance(obj, Opaque) else obj.pairs if isinstance(obj, PDict) else enumerate(obj)
         children = []
         for k, v in items:
@@ -981,6 +980,11 @@ def _row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
+def strided(walked: Walked) -> frozenset[str]:
+    """The names whose bytes are not one row-major run of their storage (``FileRecord.strided``)."""
+    return frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
+
+
 def check_storages(walked: Walked, sizes: dict[str, int] | None, where: str, name: str) -> tuple[list[TensorRecord], int, list[Finding]]:
     """Validate each tensor against its storage; records in walk order. ``sizes``: storage key -> bytes in the file."""
     declared: dict[str, StorageRef] = {}
@@ -1040,8 +1044,7 @@ def read_torch_zip(source, name: str, where: str) -> TorchRead:
     findings = unsafe_findings(result, name) + list(walked.findings) + list(tie_findings) + extra
     # where --verify-ties may read a storage: a stored entry whose bytes are its whole size (anything else: not read)
     stored = {e.name[len(prefix) :]: ("zip", e.offset) for e in entries if e.name.startswith(prefix) and e.method == 0 and e.csize == e.usize}
-    strided = frozenset(n for n, t in walked.tensors if not _row_major(t.shape, t.stride))
-    return TorchRead(tuple(records), ties, tuple(findings), len(data), data_bytes, r.bytes_read, r.reads, stored, strided)
+    return TorchRead(tuple(records), ties, tuple(findings), len(data), data_bytes, r.bytes_read, r.reads, stored, strided(walked))
 
 
 def read_pytorch(source, name: str, where: str):
