@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from .errors import CkptError, ReadError, TargetNotFound
+from .http_decode import ACCEPT_ENCODING, RANGE_ENCODING, Body
 from .safetensors_header import MAX_HEADER_BYTES
 
 FIRST_BLOCK = 100_000  # bytes asked for by the first read of a file; huggingface_hub asks for 100,001
@@ -90,7 +91,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     url: str
-    consumed: int  # body bytes taken off the wire (>= len(body) when a 200 had to be skipped through)
+    consumed: int  # body bytes taken off the wire, before decoding (> len(body) when compressed or skipped through)
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Counters:
     requests: int = 0  # every HTTP request sent, redirect hops and retries included
     redirects: int = 0
     retries: int = 0
-    bytes: int = 0  # body bytes received
+    bytes: int = 0  # body bytes received, as sent on the wire (compressed answers count their compressed size)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, *, requests: int = 0, redirects: int = 0, retries: int = 0, nbytes: int = 0) -> None:
@@ -143,7 +144,10 @@ class HubClient:
         from huggingface_hub.utils import get_session
 
         httpx = _httpx(get_session())
-        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else None
+        if byte_range:
+            extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}", "Accept-Encoding": RANGE_ENCODING}
+        else:
+            extra = {"Accept-Encoding": ACCEPT_ENCODING}
         waited = 0.0
         last = ""
         for attempt in range(1, MAX_TRIES + 1):
@@ -159,10 +163,14 @@ class HubClient:
                         if wait is not None and wait > MAX_RETRY_AFTER:
                             raise NetworkError(where, f"rate limited (HTTP {status}): the server asks to retry after {wait:g} s")
                     elif status >= 400:
-                        body = _read_upto(r, ERROR_BODY_LIMIT)
-                        self.counters.add(nbytes=len(body))
+                        body = Body(r, where, allowed=True)
+                        try:
+                            body.read(ERROR_BODY_LIMIT)  # only drained: the message comes from the Hub's headers
+                        except CkptError:
+                            pass  # a garbled error body does not change the error
+                        self.counters.add(nbytes=body.wire)
                         if status == 404 and missing_ok and _is_entry_missing(r):
-                            return Reply(404, _headers(r), b"", str(r.url), len(body))
+                            return Reply(404, _headers(r), b"", str(r.url), body.wire)
                         raise self._error(r, where)
                     else:
                         return self._body(r, where, byte_range, keep, limit)
@@ -193,23 +201,28 @@ class HubClient:
             if first != byte_range[0] or last < first or last >= byte_range[1]:
                 raise NetworkError(where, f"asked for bytes {byte_range[0]}-{byte_range[1] - 1}, server sent {first}-{last}")
             expected = last - first + 1
-            body = _read_upto(r, expected + 1)
-            self.counters.add(nbytes=len(body))
+            reader = Body(r, where, allowed=False)
+            body = reader.read(expected + 1)
+            self.counters.add(nbytes=reader.wire)
             if len(body) != expected:
                 raise ReadError(where, f"Content-Range {first}-{last} announces {expected} bytes but the body has {'more' if len(body) > expected else len(body)}")
             return Reply(206, headers, body, str(r.url), len(body))
         if r.status_code == 200:
             if byte_range is not None:
                 start, end = keep or byte_range
-                got = _read_upto(r, end)  # the server ignored Range: read only up to what is needed, then close
-                self.counters.add(nbytes=len(got))
-                return Reply(200, headers, got[start:], str(r.url), len(got))
+                # The server ignored Range (and maybe identity too: the whole file, decoded, is still the file): read
+                # only up to what is needed, then close.
+                reader = Body(r, where, allowed=True)
+                got = reader.read(end)
+                self.counters.add(nbytes=reader.wire)
+                return Reply(200, headers, got[start:], str(r.url), reader.wire)
             cap = limit if limit is not None else ERROR_BODY_LIMIT
-            body = _read_upto(r, cap + 1)
-            self.counters.add(nbytes=len(body))
+            reader = Body(r, where, allowed=True)
+            body = reader.read(cap + 1)
+            self.counters.add(nbytes=reader.wire)
             if len(body) > cap:
-                raise ReadError(where, f"file is over the {cap}-byte limit")
-            return Reply(200, headers, body, str(r.url), len(body))
+                raise ReadError(where, f"file is over the {cap:,}-byte limit" + (" once decoded" if reader.stages else ""))
+            return Reply(200, headers, body, str(r.url), reader.wire)
         raise NetworkError(where, f"unexpected HTTP {r.status_code}")
 
     def _error(self, r, where: str) -> CkptError:
@@ -264,19 +277,6 @@ def _is_entry_missing(r) -> bool:
     """A 404 for a file in an existing repo (Hub: X-Error-Code EntryNotFound; plain servers: no error code)."""
     code = r.headers.get("X-Error-Code")
     return code in (None, "EntryNotFound")
-
-
-def _read_upto(r, n: int) -> bytes:
-    """Read at most ``n`` body bytes of a streamed response; the caller's ``with`` closes the connection after."""
-    chunks, got = [], 0
-    if n <= 0:
-        return b""
-    for chunk in r.iter_raw():
-        chunks.append(chunk)
-        got += len(chunk)
-        if got >= n:
-            break
-    return b"".join(chunks)[:n]
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -30,15 +30,18 @@ class MemSource:
         return self.data[offset : offset + length]
 
 
-@pytest.fixture
-def stand_in_hub(monkeypatch, tmp_path):
+@pytest.fixture(params=["plain", "hub"])
+def stand_in_hub(request, monkeypatch, tmp_path):
     """The suite's real HTTP stand-in Hub (tests/hubserver.py) on 127.0.0.1, empty, with huggingface_hub pointed at it
-    through HF_ENDPOINT, a fresh HF_HOME, no token or offline mode from the environment, and short retry waits."""
+    through HF_ENDPOINT, a fresh HF_HOME, no token or offline mode from the environment, and short retry waits.
+
+    Every test using it runs twice: against the plain server, and against the "hub" mode that behaves as the real Hub
+    and its CDN do (gzip-compressed chunked JSON and text answers, weak ETags, the CDN on another host name)."""
     from hubserver import HubServer
 
     from ckptcount import http_source
 
-    server = HubServer()
+    server = HubServer(mode=request.param)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)

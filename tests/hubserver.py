@@ -12,9 +12,23 @@ ckptcount call:
 - ``GET /api/agent-harnesses`` (huggingface_hub's once-a-day registry fetch);
 - errors as the Hub sends them: ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo.
 
+Two modes (``HubServer(mode=...)``; tests run both through the ``stand_in_hub`` fixture's parametrization):
+
+- ``"plain"``: every answer has a ``Content-Length``, nothing is compressed, strong ETags, the CDN is another port of
+  127.0.0.1;
+- ``"hub"``: what the real Hub and its CloudFront CDN do that a hand-made server easily leaves out (each behaviour also
+  switchable on its own attribute; docs/hub.md gives the public source for each): JSON and text answers over 1 KiB
+  are gzip-compressed when the request accepts gzip (``compress``), sent chunked with no ``Content-Length``
+  (``chunked``), with ``Vary: Origin,accept-encoding`` and ``X-Cache: Hit from cloudfront``; text files carry a weak
+  ``ETag: W/"…"`` (``weak_etags``); the CDN is **another host name** (127.0.0.2: ``cdn_host``), so credentials must
+  not follow the redirect; LFS redirects carry ``X-Xet-Hash`` too; tree listings are paginated with
+  ``Link: <…>; rel="next"`` (``tree_page``).
+
+Every request's headers are logged (:attr:`Logged.headers`), so tests can check that no token reached the CDN.
+
 Faults are injected per request with :meth:`HubServer.fault`: a status (429 with ``Retry-After``, 503...), a
 connection reset in the middle of a body, a body cut short by a clean close (``truncate``), a body that stalls halfway
-for ``seconds`` (``slow-body``), a server that ignores ``Range`` (200 and the whole body), headers of its own on a
+for ``seconds`` (``slow-body``), a server that ignores ``Range`` (200 and the whole body), an answer of its own (``body``: a precompressed bomb), headers of its own on a
 good answer (``headers``), and latency
 (:attr:`HubServer.latency` for every request). Every request is logged with its start and end time, so tests count
 requests and sequential round trips exactly.
@@ -22,6 +36,7 @@ requests and sequential round trips exactly.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -72,18 +87,21 @@ class Logged:
     status: int
     start: float
     end: float
-    sent: int  # body bytes written before the response ended (or the connection broke)
+    sent: int  # body bytes written before the response ended (or the connection broke), as on the wire
+    headers: dict[str, str] = field(default_factory=dict)  # the request's headers, names lower-cased
+    encoding: str | None = None  # the answer's Content-Encoding
 
 
 @dataclass
 class Fault:
     match: str  # regex on the request path (without query)
-    action: str  # "status" | "reset" | "truncate" | "slow-body" | "ignore-range" | "sleep" | "headers"
+    action: str  # "status" | "reset" | "truncate" | "slow-body" | "ignore-range" | "sleep" | "headers" | "body"
     times: int  # how many matching requests it applies to
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     host: str = "hub"
+    body: bytes = b""  # "body": this answer, sent as it is (with ``headers``), e.g. a precompressed bomb
 
 
 def sha_of(text: str) -> str:
@@ -94,8 +112,20 @@ def load_dir(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)).replace("\\", "/"): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+MODES = ("plain", "hub")
+COMPRESS_MIN = 1024  # CloudFront compresses answers of 1,000 bytes and more; 1 KiB here
+
+
 class HubServer:
-    def __init__(self, token: str = "hf_test_token"):
+    def __init__(self, token: str = "hf_test_token", mode: str = "plain"):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        real = mode == "hub"
+        self.mode = mode
+        self.compress = real  # gzip JSON/text answers over COMPRESS_MIN bytes when the request accepts gzip
+        self.chunked = real  # those answers (and API answers) chunked, without Content-Length
+        self.weak_etags = real  # ETag: W/"..." on text files
+        self.tree_page = 2 if real else None  # entries per tree listing page, with Link rel="next"
         self.repos: dict[str, Repo] = {}
         self.token = token
         self.log: list[Logged] = []
@@ -105,8 +135,8 @@ class HubServer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0  # handlers still running: a request is logged only when its handler ends
-        self.hub = _Server(self, "hub")
-        self.cdn = _Server(self, "cdn")
+        self.hub = _Server(self, "hub", "127.0.0.1")
+        self.cdn = _Server(self, "cdn", "127.0.0.2" if real else "127.0.0.1")
         self.url = self.hub.url
         self.cdn_url = self.cdn.url
 
@@ -179,11 +209,11 @@ class _Quiet(ThreadingHTTPServer):
 
 
 class _Server:
-    def __init__(self, owner: HubServer, host: str):
+    def __init__(self, owner: HubServer, host: str, address: str):
         handler = type("Handler", (_Handler,), {"owner": owner, "host_kind": host})
-        self.httpd = _Quiet(("127.0.0.1", 0), handler)
+        self.httpd = _Quiet((address, 0), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{address}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -215,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         start = time.monotonic()
         with self.owner._lock:
             self.owner._inflight += 1
-        self._status, self._sent = 0, 0
+        self._status, self._sent, self._encoding = 0, 0, None
         path = urlparse(self.path).path
         try:
             if self.owner.latency:
@@ -226,6 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
                 fault = None
             if fault and fault.action == "status":
                 self._reply(fault.status, b"injected", headers=fault.headers)
+            elif fault and fault.action == "body":
+                self._reply(fault.status if fault.status != 503 else 200, fault.body, headers=fault.headers, content_type="application/json")
             elif self.host_kind == "cdn":
                 self._cdn(method, path, fault)
             else:
@@ -235,25 +267,59 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.owner._lock:
                 self.owner.log.append(
-                    Logged(self.host_kind, method, path, self.headers.get("Range"), "Authorization" in self.headers, self._status, start, time.monotonic(), self._sent)
+                    Logged(
+                        self.host_kind, method, path, self.headers.get("Range"), "Authorization" in self.headers, self._status, start,
+                        time.monotonic(), self._sent, {k.lower(): v for k, v in self.headers.items()}, self._encoding,
+                    )
                 )
                 self.owner._inflight -= 1
                 self.owner._idle.notify_all()
 
-    def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "text/plain", head: bool = False) -> None:
+    def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "text/plain", head: bool = False, cdn_like: bool = False) -> None:
+        """One whole answer. ``cdn_like``: an answer the real Hub's CDN front may compress and chunk (API and text)."""
+        headers = dict(headers or {})
+        chunked = False
+        if cdn_like:
+            headers.setdefault("Vary", "Origin,accept-encoding")
+            if self.owner.mode == "hub":
+                headers.setdefault("X-Cache", "Hit from cloudfront")
+            body, headers = self._maybe_gzip(body, headers)
+            chunked = self.owner.chunked
         self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
-        if not head and body:
+        if head:
+            return
+        if chunked:
+            for i in range(0, len(body), 16384):  # several chunks, as a proxy relays them
+                self._chunk(body[i : i + 16384])
+            self.wfile.write(b"0\r\n\r\n")
+        elif body:
             self.wfile.write(body)
             self._sent = len(body)
 
+    def _chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+            self._sent += len(data)
+
+    def _maybe_gzip(self, body: bytes, headers: dict) -> tuple[bytes, dict]:
+        """gzip as CloudFront does: only when asked, only for bodies of COMPRESS_MIN bytes and more, never a range."""
+        accepts = [c.split(";")[0].strip().lower() for c in (self.headers.get("Accept-Encoding") or "").split(",")]
+        if self.owner.compress and "gzip" in accepts and len(body) >= COMPRESS_MIN and "Range" not in self.headers:
+            self._encoding = "gzip"
+            return gzip.compress(body, mtime=0), {**headers, "Content-Encoding": "gzip"}
+        return body, headers
+
     def _json(self, obj, headers: dict | None = None) -> None:
-        self._reply(200, json.dumps(obj).encode(), headers, "application/json")
+        self._reply(200, json.dumps(obj).encode(), headers, "application/json", cdn_like=True)
 
     def _error(self, status: int, code: str | None, message: str, head: bool = False, extra: dict | None = None) -> None:
         headers = {"X-Error-Message": message, **(extra or {})}
@@ -307,7 +373,18 @@ class _Handler(BaseHTTPRequestHandler):
                     if p.endswith(LFS_SUFFIXES):
                         entry["lfs"] = {"oid": hashlib.sha256(p.encode()).hexdigest(), "size": size, "pointerSize": 134}
                     out.append(entry)
-                return self._json(out)
+                page = self.owner.tree_page
+                if page is None:
+                    return self._json(out)
+                # Paginated as the Hub does (huggingface_hub follows Link rel="next"): ?cursor= is an opaque position.
+                at = int(query.get("cursor", ["0"])[0] or 0)
+                link = {}
+                if at + page < len(out):
+                    others = {k: v for k, v in query.items() if k != "cursor"}
+                    qs = "&".join(f"{k}={quote(v[0])}" for k, v in others.items())
+                    url = f"{self.owner.url}{path}?{qs + '&' if qs else ''}cursor={at + page}"
+                    link = {"Link": f'<{url}>; rel="next"'}
+                return self._json(out[at : at + page], link)
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
             siblings = []
             for p, c in sorted(files.items()):
@@ -334,14 +411,20 @@ class _Handler(BaseHTTPRequestHandler):
                 # from it in ``hf_hub_download``).
                 return self._error(404, "EntryNotFound", f"{file} does not exist on {rev}", head, {"X-Repo-Commit": sha})
             content = files[file]
+            lfs = file.endswith(LFS_SUFFIXES)
             etag = f'"{sha_of(sha + file)}"'
+            if not lfs and self.owner.weak_etags:
+                etag = "W/" + etag  # the real Hub's text files (through CloudFront) carry weak ETags
             common = {"X-Repo-Commit": sha, "ETag": etag, "Accept-Ranges": "bytes"}
-            if file.endswith(LFS_SUFFIXES) and self.owner.redirect_lfs and (fault is None or fault.action != "ignore-range"):
+            if lfs and self.owner.redirect_lfs and (fault is None or fault.action != "ignore-range"):
                 # LFS: redirect to the CDN host with a signed-looking URL, as the Hub does (the token must not follow).
+                # A HEAD stops here too: huggingface_hub reads the size and ETag off this 302 (X-Linked-*).
                 location = f"{self.owner.cdn_url}/repos/{quote(m.group(1))}/{sha}/{quote(file)}?X-Signature=abc"
                 headers = {**common, "Location": location, "X-Linked-Size": str(_size(content)), "X-Linked-Etag": etag}
+                if self.owner.mode == "hub":
+                    headers["X-Xet-Hash"] = hashlib.sha256(b"xet" + file.encode()).hexdigest()
                 return self._reply(302, b"", headers, head=head)
-            return self._serve(content, common, head, fault)
+            return self._serve(content, common, head, fault, text=not lfs)
         return self._error(404, None, f"no route {path}", head)
 
     # -- the CDN
@@ -358,10 +441,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, None, "no such object", method == "HEAD")
         self._serve(files[file], {"ETag": f'"{sha_of(file)}"', "Accept-Ranges": "bytes"}, method == "HEAD", fault)
 
-    def _serve(self, content: bytes | Virtual, headers: dict, head: bool, fault: Fault | None) -> None:
+    def _serve(self, content: bytes | Virtual, headers: dict, head: bool, fault: Fault | None, text: bool = False) -> None:
         size = _size(content)
         rng = self.headers.get("Range")
         ignore = fault is not None and fault.action == "ignore-range"
+        if text and (not rng or ignore) and (fault is None or fault.action in ("headers", "ignore-range")):
+            # A whole text file: what the CDN front compresses and chunks (faults that cut bodies use the plain path)
+            body = content.chunk(0, size) if isinstance(content, Virtual) else content
+            if fault is not None and fault.action == "headers":
+                headers = {**headers, **fault.headers}
+            return self._reply(200, body, headers, "application/octet-stream", head=head, cdn_like=True)
         start, end = 0, size  # end exclusive
         status = 200
         if rng and not ignore:
