@@ -10,7 +10,9 @@ Side by side, each as a whole process (start-up imports included), on a fresh HF
 
 Repos: ``openai-community/gpt2`` (the header-only fixture, one file) and ``bench/sharded-10`` (the gpt2-xl header split
 into 10 shards with an index; shards are served as header + zeros of their true size). LFS files redirect to a second
-host (a CDN), as on the Hub; a redirect hop counts as a request and a round trip.
+host (a CDN), as on the Hub; a redirect hop counts as a request and a round trip. ``--mode hub`` (the default) runs the
+stand-in as the real Hub behaves (gzip-compressed, chunked JSON and text answers, the CDN on another host name);
+``--mode plain`` as the earlier measurements did.
 
 Reported per run: requests (all hosts), sequential round trips (longest chain of requests each starting after the
 previous ended), body bytes sent by the server, whole-process wall (median of --runs).
@@ -113,11 +115,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--ckptcount", default=None, help="the ckptcount executable to time (default: the one next to this python); for before/after runs")
     ap.add_argument("--hf-mem", default=None, help="path to an hf-mem executable (its own venv)")
+    ap.add_argument("--mode", choices=["plain", "hub"], default="hub", help="the stand-in's mode (tests/hubserver.py): hub (default) compresses and chunks JSON/text answers and puts the CDN on another host name, as the real Hub does; plain does neither")
     ap.add_argument("--telemetry", action="store_true", help="leave HF_HUB_DISABLE_TELEMETRY unset (adds huggingface_hub's daily /api/agent-harnesses fetch to every fresh HF_HOME)")
     args = ap.parse_args()
 
     precompile()
-    server = HubServer()
+    server = HubServer(mode=args.mode)
     server.add("openai-community/gpt2", load_dir(ROOT / "fixtures" / "gpt2"))
     server.add("bench/sharded-10", sharded_from(ROOT / "fixtures" / "gpt2-xl", 10))
     server.latency = args.latency
@@ -163,7 +166,7 @@ def main() -> None:
     finally:
         server.close()
     hub_wall = {repo: wall for repo, name, _r, _t, _b, wall, _p in rows if name.startswith("huggingface_hub")}
-    print(f"latency {args.latency * 1000:.0f} ms per request, median of {args.runs} runs, telemetry {'on' if args.telemetry else 'off'}\n")
+    print(f"stand-in mode {args.mode}, latency {args.latency * 1000:.0f} ms per request, median of {args.runs} runs, telemetry {'on' if args.telemetry else 'off'}\n")
     print("| repo | tool | requests | sequential round trips | bytes received | wall (s) | wall vs huggingface_hub |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for repo, name, req, rt, nbytes, wall, _ in rows:

@@ -10,7 +10,9 @@ time of --runs after one warm-up, peak RSS from wait4(). Targets: < 1 s, < 150 M
 
 Remote: the stand-in Hub runs in its own process (so its threads do not share our GIL) with --latency seconds added to
 every request; each run uses a fresh HF_HOME (no header cache) and HF_HUB_DISABLE_TELEMETRY=1. Requests are counted
-by the server. ``--no-redirect`` serves LFS files from the Hub host directly instead of redirecting to the CDN host.
+by the server; ``--mode hub`` (the default) serves as the real Hub does (gzip-compressed, chunked index and listing;
+the CDN on another host name), ``--mode plain`` as the earlier measurements did. ``--no-redirect`` serves LFS files
+from the Hub host directly instead of redirecting to the CDN host.
 Targets: requests = shards + at most 2, wall < 2 s.
 
     python scripts/bench_scale.py [--runs 5] [--latency 0.05] [--only local|remote] [--baseline OTHER_CKPTCOUNT]
@@ -35,7 +37,7 @@ SERVER = r"""
 import sys, json
 sys.path.insert(0, {tests!r})
 from hubserver import HubServer, load_dir
-server = HubServer()
+server = HubServer(mode={mode!r})
 server.latency = {latency}
 server.redirect_lfs = {redirect}
 for repo, folder in {repos!r}.items():
@@ -114,9 +116,9 @@ def local(paths: dict[str, Path], runs: int, baseline: str | None = None) -> lis
     return rows
 
 
-def remote(paths: dict[str, Path], runs: int, latency: float, redirect: bool) -> list[dict]:
+def remote(paths: dict[str, Path], runs: int, latency: float, redirect: bool, mode: str = "hub") -> list[dict]:
     repos = {f"bench/{name}": str(path) for name, path in paths.items()}
-    code = IN_FLIGHT + SERVER.format(tests=str(ROOT / "tests"), latency=latency, redirect=redirect, repos=repos)
+    code = IN_FLIGHT + SERVER.format(tests=str(ROOT / "tests"), latency=latency, redirect=redirect, repos=repos, mode=mode)
     server = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().strip()
 
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="another ckptcount executable whose local runs alternate with ours (before/after)")
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--only", choices=["local", "remote"])
+    parser.add_argument("--mode", choices=["plain", "hub"], default="hub", help="the stand-in Hub's mode (tests/hubserver.py): hub compresses JSON/text answers and puts the CDN on another host name, as the real Hub does")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ckptcount-scale")
     args = parser.parse_args()
     global CKPTCOUNT
@@ -202,7 +205,8 @@ def main() -> None:
             print(f"{r['checkpoint']:10} {r['tool']:>9} {r['files']:>6} {r['tensors']:>8} {r['parameters']:>18,} {r['wall_s'] * 1000:>11.0f} ms "
                   f"{r['wall_min_s'] * 1000:>8.0f} ms {r['peak_rss_mb']:>6.1f} MB")
     if args.only in (None, "remote"):
-        result["remote"] = remote(paths, args.runs, args.latency, True) + remote(paths, args.runs, args.latency, False)
+        result["remote"] = remote(paths, args.runs, args.latency, True, args.mode) + remote(paths, args.runs, args.latency, False, args.mode)
+        print(f"stand-in mode: {args.mode}")
         print(f"{'remote':10} {'redirect':>8} {'shards':>6} {'requests':>8} {'extra':>6} {'round trips':>11} {'in flight':>9} {'wall (median)':>14} {'peak RSS':>9}")
         for r in result["remote"]:
             print(f"{r['checkpoint']:10} {str(r['redirect']):>8} {r['shards']:>6} {r['requests_server']:>8} {r['extra_requests']:>6} {r['round_trips']:>11} "
