@@ -43,30 +43,30 @@ def codings(headers) -> list[str]:
 
 
 class _Zlib:
-    """gzip (RFC 1952) or deflate: zlib-wrapped as RFC 9110 says, or raw deflate as some servers send (httpx accepts
-    both the same way)."""
+    """gzip (RFC 1952) or deflate: zlib-wrapped (RFC 1950) as RFC 9110 says, or raw deflate (RFC 1951) as some servers
+    send it; which one is decided from the first two bytes (a zlib header: CM = 8 and a multiple of 31), so a stream
+    split anywhere decodes the same."""
 
     def __init__(self, coding: str):
         self.coding = coding
-        self.raw_fallback = coding == "deflate"
-        self.d = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding in ("gzip", "x-gzip") else zlib.MAX_WBITS)
+        self.d = zlib.decompressobj(zlib.MAX_WBITS | 16) if coding in ("gzip", "x-gzip") else None
+        self.head = b""  # deflate: the bytes seen before the choice
 
     def feed(self, data: bytes, room: int) -> bytes:
         """Decompress ``data`` and produce at most ``room`` bytes; input that did not fit stays in ``unconsumed``."""
-        try:
-            out = self.d.decompress(data, room)
-        except zlib.error:
-            if not self.raw_fallback:
-                raise
-            self.raw_fallback = False
-            self.d = zlib.decompressobj(-zlib.MAX_WBITS)
-            out = self.d.decompress(data, room)
-        self.raw_fallback = False
-        return out
+        if self.d is None:
+            self.head += data
+            if len(self.head) < 2:
+                return b""
+            b0, b1 = self.head[0], self.head[1]
+            wrapped = b0 & 0x0F == 8 and (b0 << 8 | b1) % 31 == 0
+            self.d = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data, self.head = self.head, b""
+        return self.d.decompress(data, room)
 
     @property
     def unconsumed(self) -> bytes:
-        return self.d.unconsumed_tail
+        return self.d.unconsumed_tail if self.d is not None else b""
 
 
 _DECODERS = {"gzip": _Zlib, "x-gzip": _Zlib, "deflate": _Zlib}

@@ -17,7 +17,7 @@ stand-in as the real Hub behaves (gzip-compressed, chunked JSON and text answers
 Reported per run: requests (all hosts), sequential round trips (longest chain of requests each starting after the
 previous ended), body bytes sent by the server, whole-process wall (median of --runs).
 
-    python scripts/bench_hub.py --latency 0.05 --runs 5 --hf-mem /path/to/venv/bin/hf-mem
+    python scripts/bench_hub.py --latency 0.05 --runs 5 --hf-mem /path/to/venv/bin/hf-mem [--tls] [--mode plain]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hubserver import HubServer, Virtual, load_dir  # noqa: E402
+from hubserver import HubServer, Virtual, load_dir, make_cert  # noqa: E402
 
 SITECUSTOMIZE = """
 import os
@@ -93,13 +93,15 @@ def sharded_from(fixture: Path, shards: int) -> dict:
 
 def run(server: HubServer, argv: list[str], env: dict) -> dict:
     server.reset_log()
+    server.connections = {"hub": 0, "cdn": 0}
     t = time.perf_counter()
     p = subprocess.run(argv, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
     log = server.settled()
-    return {"requests": len(log), "round_trips": server.round_trips(), "bytes": sum(r.sent for r in log), "wall": wall, "stdout": p.stdout}
+    conns = sum(server.connections.values())
+    return {"requests": len(log), "round_trips": server.round_trips(), "bytes": sum(r.sent for r in log), "wall": wall, "stdout": p.stdout, "connections": conns}
 
 
 def precompile() -> None:
@@ -116,11 +118,13 @@ def main() -> None:
     ap.add_argument("--ckptcount", default=None, help="the ckptcount executable to time (default: the one next to this python); for before/after runs")
     ap.add_argument("--hf-mem", default=None, help="path to an hf-mem executable (its own venv)")
     ap.add_argument("--mode", choices=["plain", "hub"], default="hub", help="the stand-in's mode (tests/hubserver.py): hub (default) compresses and chunks JSON/text answers and puts the CDN on another host name, as the real Hub does; plain does neither")
+    ap.add_argument("--tls", action="store_true", help="production-like link: HTTPS (a self-signed certificate, trusted through SSL_CERT_FILE) and --latency also added to every new connection")
     ap.add_argument("--telemetry", action="store_true", help="leave HF_HUB_DISABLE_TELEMETRY unset (adds huggingface_hub's daily /api/agent-harnesses fetch to every fresh HF_HOME)")
     args = ap.parse_args()
 
     precompile()
-    server = HubServer(mode=args.mode)
+    tls = make_cert(Path(tempfile.mkdtemp())) if args.tls else None
+    server = HubServer(mode=args.mode, tls=tls, connect_latency=args.latency if args.tls else 0.0)
     server.add("openai-community/gpt2", load_dir(ROOT / "fixtures" / "gpt2"))
     server.add("bench/sharded-10", sharded_from(ROOT / "fixtures" / "gpt2-xl", 10))
     server.latency = args.latency
@@ -145,6 +149,8 @@ def main() -> None:
                 home = tempfile.mkdtemp()
                 base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CKPTCOUNT_", "TRANSFORMERS_"))}
                 base.update(HF_ENDPOINT=server.url, HF_HOME=home, BENCH_ENDPOINT=server.url, NO_COLOR="1")
+                if tls:
+                    base["SSL_CERT_FILE"] = str(tls[0])
                 if not args.telemetry:
                     base["HF_HUB_DISABLE_TELEMETRY"] = "1"
                 for name, argv in tools.items():
@@ -161,16 +167,19 @@ def main() -> None:
             cold = json.loads(results["ckptcount (cold)"][0]["stdout"])["targets"][0]
             for name, rs in results.items():
                 rows.append(
-                    (repo, name, rs[0]["requests"], rs[0]["round_trips"], rs[0]["bytes"], statistics.median(r["wall"] for r in rs), cold["parameters"])
+                    (repo, name, rs[0]["requests"], rs[0]["round_trips"], rs[0]["connections"], rs[0]["bytes"], statistics.median(r["wall"] for r in rs), cold["parameters"])
                 )
     finally:
         server.close()
-    hub_wall = {repo: wall for repo, name, _r, _t, _b, wall, _p in rows if name.startswith("huggingface_hub")}
-    print(f"stand-in mode {args.mode}, latency {args.latency * 1000:.0f} ms per request, median of {args.runs} runs, telemetry {'on' if args.telemetry else 'off'}\n")
-    print("| repo | tool | requests | sequential round trips | bytes received | wall (s) | wall vs huggingface_hub |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for repo, name, req, rt, nbytes, wall, _ in rows:
-        print(f"| {repo} | {name} | {req} | {rt} | {nbytes:,} | {wall:.3f} | {wall / hub_wall[repo]:.2f}x |")
+    hub_wall = {repo: wall for repo, name, _r, _t, _c, _b, wall, _p in rows if name.startswith("huggingface_hub")}
+    mem_wall = {repo: wall for repo, name, _r, _t, _c, _b, wall, _p in rows if name == "hf-mem"}
+    link = f"HTTPS, {args.latency * 1000:.0f} ms per new connection too" if args.tls else "HTTP"
+    print(f"stand-in mode {args.mode}, {link}, latency {args.latency * 1000:.0f} ms per request, median of {args.runs} runs, telemetry {'on' if args.telemetry else 'off'}\n")
+    print("| repo | tool | requests | sequential round trips | connections | bytes sent by the server | wall (s) | wall vs huggingface_hub | wall vs hf-mem |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for repo, name, req, rt, conns, nbytes, wall, _ in rows:
+        vs_mem = f"{wall / mem_wall[repo]:.2f}x" if repo in mem_wall else "-"
+        print(f"| {repo} | {name} | {req} | {rt} | {conns} | {nbytes:,} | {wall:.3f} | {wall / hub_wall[repo]:.2f}x | {vs_mem} |")
 
 
 if __name__ == "__main__":

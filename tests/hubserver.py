@@ -116,16 +116,36 @@ MODES = ("plain", "hub")
 COMPRESS_MIN = 1024  # CloudFront compresses answers of 1,000 bytes and more; 1 KiB here
 
 
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and 127.0.0.2 (openssl's CLI), for the TLS mode; clients trust it
+    through ``SSL_CERT_FILE`` (httpcore2's default SSL context reads it), the key stays beside it."""
+    import subprocess
+
+    cert, key = folder / "stand-in.pem", folder / "stand-in.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=stand-in-hub",
+         "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
 class HubServer:
-    def __init__(self, token: str = "hf_test_token", mode: str = "plain"):
+    def __init__(self, token: str = "hf_test_token", mode: str = "plain", tls: tuple[Path, Path] | None = None, connect_latency: float = 0.0):
+        """``tls``: (certificate, key) from :func:`make_cert`: both servers speak HTTPS, and each new connection first
+        waits ``connect_latency`` seconds (a production-like link: every new connection costs a round trip before its
+        TLS handshake; ``latency`` still applies to every request). ``connections`` counts accepted connections per host."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is not one of {MODES}")
+        self.tls = tls
+        self.connect_latency = connect_latency
+        self.connections = {"hub": 0, "cdn": 0}
         real = mode == "hub"
         self.mode = mode
         self.compress = real  # gzip JSON/text answers over COMPRESS_MIN bytes when the request accepts gzip
         self.chunked = real  # those answers (and API answers) chunked, without Content-Length
         self.weak_etags = real  # ETag: W/"..." on text files
-        self.tree_page = 2 if real else None  # entries per tree listing page, with Link rel="next"
+        self.tree_page = 1000 if real else None  # entries per tree listing page, with Link rel="next" (the Hub's 1,000)
         self.repos: dict[str, Repo] = {}
         self.token = token
         self.log: list[Logged] = []
@@ -202,7 +222,16 @@ class HubServer:
 
 class _Quiet(ThreadingHTTPServer):
     """A client closing a connection early (as ckptcount does on purpose) is not an error worth a traceback on stderr,
-    which CliRunner would capture into the output under test."""
+    which CliRunner would capture into the output under test. With TLS, the handshake is done in the connection's own
+    thread (after the connect latency), never in the accepting one."""
+
+    ssl_context = None
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def handle_error(self, request, client_address) -> None:
         pass
@@ -213,7 +242,15 @@ class _Server:
         handler = type("Handler", (_Handler,), {"owner": owner, "host_kind": host})
         self.httpd = _Quiet((address, 0), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://{address}:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if owner.tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*map(str, owner.tls))
+            self.httpd.ssl_context = ctx
+            scheme = "https"
+        self.url = f"{scheme}://{address}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -233,6 +270,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        """A new connection: counted, delayed by the connect latency, then (TLS) its handshake."""
+        with self.owner._lock:
+            self.owner.connections[self.host_kind] += 1
+        if self.owner.connect_latency:
+            time.sleep(self.owner.connect_latency)
+        if self.owner.tls is not None:
+            try:
+                self.request.do_handshake()
+            except (OSError, ValueError):
+                self.request.close()
+        super().setup()
 
     def do_HEAD(self) -> None:
         self._handle("HEAD")

@@ -231,6 +231,8 @@ def test_tree_listing_is_paginated_and_the_client_follows_it(stand_in_hub):
 
     files = _many_files(7)
     stand_in_hub.add("org/m", files)
+    if stand_in_hub.mode == "hub":
+        stand_in_hub.tree_page = 3  # the Hub pages at 1,000 entries; a small page walks several here
     got = {e.path for e in HfApi(endpoint=stand_in_hub.url).list_repo_tree("org/m", recursive=True) if hasattr(e, "size")}
     assert got == set(files)
     pages = stand_in_hub.requests("hub", r"^/api/models/org/m/tree/")
@@ -248,3 +250,42 @@ def test_head_stops_at_the_redirect(stand_in_hub):
     assert stand_in_hub.requests("cdn") == []
     text = get_hf_file_metadata(hf_hub_url("org/m", "config.json", endpoint=stand_in_hub.url))
     assert text.etag  # huggingface_hub strips the weak marker of the Hub's text files
+
+
+def test_production_like_tls_link(tmp_path, monkeypatch, tiny_sharded):
+    """The stand-in over HTTPS (a self-signed certificate trusted through SSL_CERT_FILE) with 50 ms per request and
+    per new connection: the audits work over TLS as on the real Hub, with the same round trips, and every connection
+    the client opened is counted (docs/hub.md has the measurements)."""
+    from huggingface_hub import close_session
+
+    from hubserver import make_cert
+
+    cert, key = make_cert(tmp_path)
+    server = HubServer(mode="hub", tls=(cert, key), connect_latency=0.05)
+    server.latency = 0.05
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("CKPTCOUNT_CACHE", raising=False)
+    close_session()  # the next session is built with the certificate trusted
+    try:
+        folder, oracle = tiny_sharded
+        server.add("openai-community/gpt2", load_dir(FIXTURES / "gpt2"))
+        server.add("test/tiny-sharded", load_dir(folder))
+        assert server.url.startswith("https://127.0.0.1:") and server.cdn_url.startswith("https://127.0.0.2:")
+        report = audit("openai-community/gpt2")
+        assert report.counts.parameters == 124_439_808
+        # config.json, the index and the single file's 302 together; then the listing on a reused connection while
+        # the CDN connection is set up (its 50 ms put the CDN's request after the listing ended, so the log's chain
+        # counts 3 where the requests themselves depend 2 deep)
+        assert server.round_trips() == 3
+        single = dict(server.connections)
+        server.reset_log()
+        assert audit("test/tiny-sharded").counts.parameters == oracle
+        # HTTP/1.1: one connection per request in flight at once, so shards beyond the warm connections each wait for
+        # a new one (and a new CDN connection after their 302): docs/hub.md, "Production-like link"
+        assert all("authorization" not in r.headers for r in server.requests("cdn"))
+        assert single == {"hub": 3, "cdn": 1}
+    finally:
+        close_session()
+        server.close()
