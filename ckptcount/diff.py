@@ -120,7 +120,7 @@ class Diff:
     tensors_a: int
     tensors_b: int
     mapping: str  # how names were matched (ckptcount.names)
-    renamed_a: int
+    renamed_a: int  # stored names the mapping renamed
     renamed_b: int
     matched: int  # names both sides hold
     only_a: tuple[Side, ...]  # parameters only in A
@@ -239,8 +239,8 @@ def compare(a: Report, b: Report, *, ignore: frozenset[str] | set[str] = frozens
         tensors_a=len(a.checkpoint.tensors),
         tensors_b=len(b.checkpoint.tensors),
         mapping=al.description,
-        renamed_a=al.renamed_a,
-        renamed_b=al.renamed_b,
+        renamed_a=sum(al.key_a(t.name) != t.name for t in a.checkpoint.tensors),
+        renamed_b=sum(al.key_b(t.name) != t.name for t in b.checkpoint.tensors),
         matched=len(sa.keys() & sb.keys()),
         only_a=tuple(only_a),
         only_b=tuple(only_b),

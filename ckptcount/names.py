@@ -67,13 +67,11 @@ class Alignment:
     """Where each name of A and of B lands in one shared key space, and how that was decided.
 
     ``key_a(name)`` / ``key_b(name)`` give a name's key (stored names and tie-group names alike); two tensors match
-    when their keys are equal. ``renamed_a`` / ``renamed_b``: how many of the names given the mapping changed."""
+    when their keys are equal."""
 
     description: str
     key_a: Callable[[str], str]
     key_b: Callable[[str], str]
-    renamed_a: int = 0
-    renamed_b: int = 0
 
 
 def _same(name: str) -> str:
@@ -135,23 +133,18 @@ def align(names_a: Iterable[str], names_b: Iterable[str], *, gguf_a: str | None 
         mapping = _rename(other, lambda n: to_gguf(n, arch))
         how = f"matched through the GGUF renaming: transformers names -> GGUF names ({arch} rows of ckptcount.names, as gguf-py's tensor_mapping maps them)"
         key = _keyed(mapping)
-        renamed = sum(1 for n in other if mapping.get(n, n) != n)
-        if is_gguf_a:
-            return Alignment(how, _same, key, 0, renamed)
-        return Alignment(how, key, _same, renamed, 0)
+        return Alignment(how, _same, key) if is_gguf_a else Alignment(how, key, _same)
 
-    best = (len(names_a & names_b), IDENTITY, _same, _same, 0, 0)
+    best = (len(names_a & names_b), IDENTITY, _same, _same)
     for side, names, others in (("A", names_a, names_b), ("B", names_b, names_a)):
         for prefix in _common_prefixes(names):
             mapping = _rename(names, lambda n, p=prefix: n[len(p):] if n.startswith(p) else None)
             hits = sum(1 for n in names if mapping.get(n, n) in others)
             if hits > best[0]:
                 key = _keyed(mapping)
-                renamed = sum(1 for n in names if mapping.get(n, n) != n)
                 what = f"matched with the prefix {prefix!r} removed from {side}'s names"
-                best = (hits, what, key, _same, renamed, 0) if side == "A" else (hits, what, _same, key, 0, renamed)
-    _, how, ka, kb, ra, rb = best
-    return Alignment(how, ka, kb, ra, rb)
+                best = (hits, what, key, _same) if side == "A" else (hits, what, _same, key)
+    return Alignment(*best[1:])
 
 
 def _common_prefixes(names: set[str]) -> list[str]:
