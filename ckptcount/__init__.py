@@ -1,6 +1,6 @@
 """ckptcount: exact parameter counts, weight/bias split and tied tensors, from checkpoint headers alone."""
 
-from .api import analyse, audit, audit_many, load
+from .api import analyse, audit, audit_many, diff_targets, load
 from .errors import CkptError
 from .records import (
     BufferGroup,
@@ -34,5 +34,6 @@ __all__ = [
     "analyse",
     "audit",
     "audit_many",
+    "diff_targets",
     "load",
 ]

@@ -165,3 +165,30 @@ def audit_iter(targets, *, jobs: int = 8, **options):
                 for nxt in it:
                     running[pool.submit(one, nxt[1])] = nxt
                     break
+
+
+def diff_targets(
+    a: str,
+    b: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    ignore: tuple[str, ...] | frozenset[str] = (),
+    content: bool = False,
+    budget: int | None = None,
+):
+    """What changed from ``a`` to ``b`` (:class:`ckptcount.diff.Diff`), from their headers alone; with ``content``,
+    also the bytes of the tensors both hold with the same shape, at most ``budget`` bytes read
+    (:mod:`ckptcount.diff_content`). ``ignore``: "dtype", "buffers". Raises the first target's :class:`CkptError`."""
+    from .diff import compare
+
+    ra, rb = audit_many([a, b], revision=revision, token=token)
+    for r in (ra, rb):
+        if isinstance(r, CkptError):
+            raise r
+    d = compare(ra, rb, ignore=frozenset(ignore))
+    if content:
+        from .diff_content import DEFAULT_BUDGET, compare_content
+
+        d = compare_content(ra, rb, d, budget=DEFAULT_BUDGET if budget is None else budget, token=token)
+    return d

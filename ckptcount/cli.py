@@ -4,6 +4,10 @@ Exit codes: 0 every target counted; 1 a target was invalid, unreadable or missin
 the other targets are still reported); 2 usage error; 3 a preflight check failed; 4 ``--strict`` and findings.
 With several targets the code summarises them all, in that order of precedence: 1, then 3, then 4, then 0.
 
+``ckptcount diff A B [OPTIONS]`` compares two checkpoints (ckptcount.diff_cli; its own exit codes: 0 same, 1 differs,
+2 error). It is chosen when the first argument is the word ``diff``; a local path named ``diff`` is counted as
+``ckptcount ./diff`` (or ``ckptcount -- diff``).
+
 Batch audits: ``--from-file targets.txt`` (one target per line; blank lines and ``#`` comments skipped; ``-`` is
 stdin), ``--jobs N`` concurrent audits, ``--format jsonl``: one JSON object per line, written as each target finishes.
 """
@@ -21,7 +25,22 @@ from .errors import EXIT_CHECK, EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from .report import safe, to_json, to_jsonl, to_markdown, to_table
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class Main(click.Command):
+    """``ckptcount TARGETS...`` as always, and ``ckptcount diff A B ...`` when the first argument is the word ``diff``.
+
+    The switch is made on the raw arguments before any parsing, so ``ckptcount TARGETS`` parses exactly as it did;
+    anything else (``./diff``, ``-- diff``, ``diff`` after an option or another target) is a target."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["diff"]:
+            from .diff_cli import diff_command
+
+            return diff_command.main(argv[1:], prog_name=f"{prog_name or 'ckptcount'} diff", **extra)
+        return super().main(args, prog_name, **extra)
+
+
+@click.command(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("targets", nargs=-1, required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "jsonl"]), default="table", show_default=True, help="Output format (jsonl: one JSON object per target, per line, streamed as each finishes).")
 @click.option("--from-file", "from_file", type=click.File("r", encoding="utf-8"), default=None, help="Read targets from this file, one per line (# comments and blank lines skipped; - for stdin), after TARGETS.")
@@ -46,11 +65,15 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     repo (org/name), an hf://org/name/sub/folder path or an https://.../resolve/<revision>/<file> URL: only headers
     are read, with HTTP range requests (HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured; offline or with the Hub
     unreachable, a copy huggingface_hub downloaded is read instead).
+
+    ckptcount diff A B compares two checkpoints (ckptcount diff --help); a local path named diff: ckptcount ./diff.
     """
     options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
     options = {k: v for k, v in options.items() if v is not None}
     if not targets and from_file is None:
         raise click.UsageError("give TARGETS, or --from-file with one target per line")
+    if targets[:1] == ("diff",) and not os.path.exists("diff"):
+        raise click.UsageError("diff compares two checkpoints when it comes first: ckptcount diff A B [OPTIONS]")
     listed = _targets(targets, from_file)
     if fmt == "jsonl":
         sys.exit(_stream(listed, options, jobs=jobs or 8, tensors=tensors, layers=layers, strict=strict, verify_ties=verify_ties, device=device, token=token))

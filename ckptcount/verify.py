@@ -803,6 +803,25 @@ def hub_opener(checkpoint, token: str | None = None) -> Opener:
     return open_file
 
 
+def opener(checkpoint, token: str | None = None) -> Opener:
+    """Open the files of a checkpoint where its headers were read: locally, from the copy huggingface_hub downloaded
+    (offline), or on the Hub at the commit read."""
+    origin = getattr(checkpoint, "origin", None) or {}
+    if origin.get("local_copy"):  # offline, counted from huggingface_hub's downloaded copy: read it there
+        return local_opener(origin["local_copy"])
+    return hub_opener(checkpoint, token) if origin else local_opener(checkpoint.target)
+
+
+def locate_tensor(f: FileRecord, t: TensorRecord, open_source: Opener) -> Located | str:
+    """Where ``t``'s bytes are in its file ``f`` (:func:`data_offset`), opened with ``open_source``; or why they
+    cannot be read."""
+    source = open_source(t.file) if not f.header_only and f.format != "safetensors" and f.storages else None
+    where = data_offset(f, t, source)
+    if isinstance(where, str):
+        return where
+    return Located(t, source or open_source(t.file), where)
+
+
 def data_offset(f: FileRecord, t: TensorRecord, source: ByteSource | None = None) -> int | str:
     """Absolute offset of ``t``'s bytes in its file, or why they cannot be read.
 
@@ -882,11 +901,7 @@ def verify_report(
     engine = engine or resolve(device, backend)
     ck = report.checkpoint
     if open_source is None:
-        origin = getattr(ck, "origin", None) or {}
-        if origin.get("local_copy"):  # offline, counted from huggingface_hub's downloaded copy: read it there
-            open_source = local_opener(origin["local_copy"])
-        else:
-            open_source = hub_opener(ck, token) if origin else local_opener(ck.target)
+        open_source = opener(ck, token)
     files = {f.path: f for f in ck.files}
     tensors = {t.name: t for t in ck.tensors}
     findings: list[Finding] = []
@@ -894,12 +909,7 @@ def verify_report(
 
     def locate(name: str) -> Located | str:
         t = tensors[name]
-        f = files[t.file]
-        source = open_source(t.file) if not f.header_only and f.format != "safetensors" and f.storages else None
-        where = data_offset(f, t, source)
-        if isinstance(where, str):
-            return where
-        return Located(t, source or open_source(t.file), where)
+        return locate_tensor(files[t.file], t, open_source)
 
     def check(a: str, b: str | None) -> ContentCheck:
         key = (a,) if b is None else (a, b)
