@@ -283,7 +283,7 @@ def test_production_like_tls_link(tmp_path, monkeypatch, tiny_sharded):
         server.reset_log()
         assert audit("test/tiny-sharded").counts.parameters == oracle
         # HTTP/1.1: one connection per request in flight at once, so shards beyond the warm connections each wait for
-        # a new one (and a new CDN connection after their 302): docs/hub.md, "Production-like link"
+        # a new one (and a new CDN connection after their 302): docs/hub.md, Measurements, "production-like TLS link"
         assert all("authorization" not in r.headers for r in server.requests("cdn"))
         assert single == {"hub": 3, "cdn": 1}
     finally:
