@@ -12,20 +12,10 @@ import sys
 import click
 
 from .errors import EXIT_OK, EXIT_USAGE, CkptError
+from .cli import _size_option  # the same size option as --max-size / --fits
 from .report import safe
 
 EXIT_DIFFERS = 1
-
-
-def _budget(ctx, param, value: str | None) -> int | None:
-    if value is None:
-        return None
-    from .preflight import parse_size
-
-    try:
-        return parse_size(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param=param) from None
 
 
 @click.command("diff", context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +25,7 @@ def _budget(ctx, param, value: str | None) -> int | None:
 @click.option("--ignore", "ignore", multiple=True, type=click.Choice(["dtype", "buffers"]), help="Do not count these differences (repeatable): dtype (a bf16 conversion is expected), buffers.")
 @click.option("--ignore-buffers", is_flag=True, help="The same as --ignore buffers.")
 @click.option("--content", is_flag=True, help="Also compare the bytes of the tensors both hold with the same shape (reads only their spans).")
-@click.option("--budget", default=None, callback=_budget, help="With --content: read at most this many bytes in all (default 1GiB; 64MB, 2GiB...).")
+@click.option("--budget", default=None, callback=lambda c, p, v: _size_option(p, v), help="With --content: read at most this many bytes in all (default 1GiB; 64MB, 2GiB...).")
 @click.option("--revision", default=None, help="Hub targets without @revision: branch, tag or commit (default: main).")
 @click.option("--token", default=None, help="Hub token (default: HF_TOKEN or the stored `hf auth login` token).")
 def diff_command(a: str, b: str, fmt: str, ignore: tuple[str, ...], ignore_buffers: bool, content: bool, budget: int | None, revision: str | None, token: str | None) -> None:
