@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from .errors import CkptError, ReadError, TargetNotFound
-from .http_decode import ACCEPT_ENCODING, RANGE_ENCODING, Body
+from .http_decode import ACCEPT_ENCODING, RANGE_ENCODING, Body, codings
 from .safetensors_header import MAX_HEADER_BYTES
 
 FIRST_BLOCK = 100_000  # bytes asked for by the first read of a file; huggingface_hub asks for 100,001
@@ -370,6 +370,8 @@ class HttpFile:
         else:
             self.range_ignored = True
             length = reply.headers.get("content-length")
+            if codings(reply.headers):
+                length = None  # the length of a compressed body, not of the file
             if self._size is None and length and length.isascii() and length.isdigit() and len(length) <= 20:
                 self._size = int(length)
         if reply.body:

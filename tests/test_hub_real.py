@@ -289,3 +289,21 @@ def test_production_like_tls_link(tmp_path, monkeypatch, tiny_sharded):
     finally:
         close_session()
         server.close()
+
+
+def test_whole_file_sent_compressed_to_a_range_request(stand_in_hub, tiny_sharded):
+    """A server that ignores both Range and Accept-Encoding: identity answers 200 with a whole shard gzipped. The body
+    is decoded (the file from byte 0), and its compressed Content-Length is never taken for the file's size (a shard
+    named by an index has no listing size to check it against)."""
+    folder, oracle = tiny_sharded
+    files = load_dir(folder)
+    shard = sorted(n for n in files if n.endswith(".safetensors"))[0]
+    stand_in_hub.add("org/m", files)
+    stand_in_hub.redirect_lfs = False
+    body = gzip.compress(files[shard])
+    stand_in_hub.fault(rf"{shard}$", "body", times=9, body=body, headers={"Content-Encoding": "gzip"})
+    report = audit("org/m")
+    assert report.counts.parameters == oracle
+    sizes = {f.path: f.size for f in report.checkpoint.files}
+    assert sizes[shard] is None  # unknown (no Content-Range, no listing), never the compressed length
+    assert any(f.kind == "range-ignored" for f in report.checkpoint.findings)
