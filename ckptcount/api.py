@@ -88,16 +88,21 @@ def audit(
     dtype: str | None = None,
     max_size: int | None = None,
     fits: int | None = None,
+    context: int | None = None,
+    batch: int = 1,
+    kv_dtype: str | None = None,
 ) -> Report:
     """Count and classify the parameters of ``target`` from its headers alone. Raises :class:`CkptError`.
 
     Hub targets, and any target when ``dtype``/``max_size``/``fits`` is given, also get a preflight (download bytes,
-    memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.preflight`).
+    memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.preflight`). ``context``
+    (tokens per sequence, ``batch`` sequences) adds the KV cache at ``kv_dtype`` (:mod:`ckptcount.kvcache`), which
+    ``fits`` then includes.
     """
     with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.gcpause
         checkpoint = load(target, revision=revision, token=token)
         report = analyse(checkpoint)
-    if checkpoint.origin or dtype or max_size is not None or fits is not None:
+    if checkpoint.origin or dtype or max_size is not None or fits is not None or context is not None:
         from .preflight import preflight
 
         pf = preflight(
@@ -108,6 +113,9 @@ def audit(
             fits=fits,
             counts=report.counts,
             listing_complete=checkpoint.origin.get("listed", True) is not False,
+            context=context,
+            batch=batch,
+            kv_dtype=kv_dtype,
         )
         from dataclasses import replace
 

@@ -54,9 +54,12 @@ class Main(click.Command):
 @click.option("--token", default=None, envvar=None, help="Hub token (default: HF_TOKEN or the stored `hf auth login` token).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16", "fp8", "int4"]), default=None, help="Preflight: memory the weights need at this dtype.")
 @click.option("--max-size", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the counted files total more (20GB, 24GiB...).")
-@click.option("--fits", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the weights at --dtype need more memory (24GiB...).")
+@click.option("--fits", default=None, callback=lambda c, p, v: _size_option(p, v), help="Preflight check: exit 3 if the weights at --dtype (plus the KV cache with --context) need more memory (24GiB...).")
+@click.option("--context", type=click.IntRange(1), default=None, help="Preflight: add the KV cache at this many tokens per sequence (and include it in --fits).")
+@click.option("--batch", type=click.IntRange(1), default=None, help="With --context: sequences cached at once (default 1).")
+@click.option("--kv-dtype", "kv_dtype", type=click.Choice(["fp8", "bf16", "fp16", "fp32"]), default=None, help="With --context: the cache's dtype (default: --dtype, else the config's dtype; GGUF: f16).")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None, from_file=None, jobs: int | None = None) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None, from_file=None, jobs: int | None = None, context: int | None = None, batch: int | None = None, kv_dtype: str | None = None) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are checkpoint files (.safetensors, .bin/.pt/.pth/.ckpt read without executing pickle, .gguf),
@@ -70,6 +73,10 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
     """
     options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
     options = {k: v for k, v in options.items() if v is not None}
+    if context is None and (batch is not None or kv_dtype is not None):
+        raise click.UsageError("--batch and --kv-dtype size the KV cache: give --context too")
+    if context is not None:
+        options.update(context=context, batch=batch or 1, kv_dtype=kv_dtype)
     if not targets and from_file is None:
         raise click.UsageError("give TARGETS, or --from-file with one target per line")
     if targets[:1] == ("diff",) and not os.path.exists("diff"):

@@ -76,6 +76,8 @@ class Preflight:
     memory_at_dtype: int | None
     checks: tuple[Check, ...] = ()
     listing_complete: bool = True  # bytes_by_format covers every file; False: only the counted ones (Hub, sharded, unlisted)
+    kv_cache: object | None = None  # kvcache.KVCache, with --context
+    kv_unknown: str | None = None  # with --context, why the cache could not be sized
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -107,6 +109,9 @@ def preflight(
     fits: int | None = None,
     counts: Counts | None = None,
     listing_complete: bool = True,
+    context: int | None = None,
+    batch: int = 1,
+    kv_dtype: str | None = None,
 ) -> Preflight:
     """Costs of ``checkpoint``; ``listing`` maps every file name of the repo or directory to its size.
 
@@ -127,12 +132,25 @@ def preflight(
     views = frozenset(counts.stored_as_views) if counts is not None else frozenset()
     stored = sum(v.bytes for v in counts.by_dtype.values()) if counts is not None else memory_at(checkpoint, None)
     at = memory_at(checkpoint, DTYPES[dtype], views) if dtype else None
+    kv = kv_unknown = None
+    if context is not None:  # --context: the KV cache (and fixed recurrent state) at context × batch (ckptcount.kvcache)
+        from .kvcache import KVUnknown, for_checkpoint
+
+        try:
+            kv = for_checkpoint(checkpoint, context, batch, kv_dtype, dtype)
+        except KVUnknown as e:
+            kv_unknown = str(e)
     checks = []
     if max_size is not None:
         checks.append(Check("--max-size", max_size, download, "download"))
     if fits is not None:
-        checks.append(Check("--fits", fits, at if at is not None else stored, f"memory at {dtype}" if dtype else "memory at stored dtypes"))
-    return Preflight(MappingProxyType(by_format), download, stored, dtype, at, tuple(checks), listing_complete)
+        measures = f"memory at {dtype}" if dtype else "memory at stored dtypes"
+        if kv is not None:
+            measures += f" + KV cache at {context:,} tokens x {batch} ({kv.dtype})"
+        elif kv_unknown is not None:
+            measures += f" (KV cache not included: {kv_unknown})"
+        checks.append(Check("--fits", fits, (at if at is not None else stored) + (kv.total_bytes if kv else 0), measures))
+    return Preflight(MappingProxyType(by_format), download, stored, dtype, at, tuple(checks), listing_complete, kv, kv_unknown)
 
 
 def to_dict(p: Preflight) -> dict:
@@ -142,7 +160,35 @@ def to_dict(p: Preflight) -> dict:
         "download_bytes": p.download_bytes,
         "memory_bytes": {"stored": p.memory_stored, **({p.dtype: p.memory_at_dtype} if p.dtype else {})},
         "checks": [{"option": c.option, "limit": c.limit, "value": c.value, "measures": c.measures, "ok": c.ok} for c in p.checks],
+        **({"kv_cache": _kv_dict(p)} if p.kv_cache is not None or p.kv_unknown is not None else {}),
     }
+
+
+def _weights(p: Preflight) -> int:
+    return p.memory_at_dtype if p.memory_at_dtype is not None else p.memory_stored
+
+
+def _kv_dict(p: Preflight) -> dict:
+    """``preflight.kv_cache`` (with --context): the cache, and the total with the weights at --dtype (or stored)."""
+    if p.kv_cache is None:
+        return {"known": False, "reason": p.kv_unknown}
+    from .kvcache import to_dict as kv_to_dict
+
+    return {
+        "known": True,
+        **kv_to_dict(p.kv_cache),
+        "weights_bytes": _weights(p),
+        "weights_at": p.dtype or "stored",
+        "weights_plus_cache_bytes": _weights(p) + p.kv_cache.total_bytes,
+    }
+
+
+def notes(p: Preflight) -> list[str]:
+    """Lines under the table: how the KV cache was sized (convention, dtype, each assumption), or why it was not."""
+    if p.kv_cache is not None:
+        kv = p.kv_cache
+        return [f"kv cache: {kv.shape.convention}", f"kv cache dtype {kv.dtype}: {kv.dtype_from}"] + [f"kv cache assumes: {a}" for a in kv.shape.assumptions]
+    return [f"kv cache unknown: {p.kv_unknown}"] if p.kv_unknown is not None else []
 
 
 def rows(p: Preflight) -> list[tuple[str, str]]:
@@ -152,6 +198,15 @@ def rows(p: Preflight) -> list[tuple[str, str]]:
     out.append(("memory at stored dtype", f"{p.memory_stored:,}"))
     if p.dtype:
         out.append((f"memory at {p.dtype}", f"{p.memory_at_dtype:,}"))
+    kv = p.kv_cache
+    if kv is not None:
+        out.append((f"kv cache per token ({kv.dtype})", f"{kv.bytes_per_token:,}" + (f" ({kv.bytes_per_token_unwindowed:,} past the windows)" if kv.bytes_per_token_unwindowed != kv.bytes_per_token else "")))
+        if kv.fixed_bytes:
+            out.append(("kv cache fixed per sequence", f"{kv.fixed_bytes:,}"))
+        out.append((f"kv cache at {kv.context:,} x {kv.batch}", f"{kv.total_bytes:,}"))
+        out.append((f"weights ({p.dtype or 'stored'}) + kv cache", f"{_weights(p) + kv.total_bytes:,}"))
+    elif p.kv_unknown is not None:
+        out.append(("kv cache", "unknown"))
     for c in p.checks:
         out.append((f"check {c.option}", ("ok" if c.ok else "FAILED") + f" ({c.value:,} vs {c.limit:,})"))
     return out

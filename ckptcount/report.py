@@ -14,7 +14,7 @@ from .errors import CkptError
 from .records import COMPONENTS, Report
 from .sources import CACHE_REPO_PREFIX
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: preflight.kv_cache (with --context)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -285,6 +285,10 @@ def notes(report: Report) -> list[str]:
         out.insert(0, f"{safe(label)}: {safe(why)}: read {safe(what)}")
     if report.verification is not None and report.verification.embedding_vs_head is not None:
         out.append(_check_note(safe(label), report.verification.embedding_vs_head))
+    if report.preflight is not None:  # --context: how the KV cache was sized
+        from .preflight import notes as preflight_notes
+
+        out += [f"{safe(label)}: {safe(n)}" for n in preflight_notes(report.preflight)]
     out += [f"{safe(label)}: {f.kind}: {safe(f.message)}" for f in report.checkpoint.findings]
     return out
 
