@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 
 from .diff import Change, Diff, Side, Tie
-from .report import SCHEMA_VERSION, indented, safe
+from .report import indented, safe
+
+SCHEMA_VERSION = 1  # the diff document's own version (the count report's is report.SCHEMA_VERSION)
 
 LINES = 12  # lines per section of the table
 
