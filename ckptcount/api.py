@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from .errors import CkptError, TargetNotFound
-from .gcpause import gc_paused
-from .local import load_local
+from .support.gcpause import gc_paused
+from .targets.local import load_local
 from .records import Checkpoint, Report
 
 
@@ -18,12 +18,13 @@ def analyse(checkpoint: Checkpoint) -> Report:
     for dense unquantized models.
     """
     # imported here, not at start-up: a Hub audit imports them while its first requests are in flight (hub._warm_up)
-    from . import moe, quant
-    from .classify import classify_all
-    from .config import model_type
-    from .count import count
-    from .transformers_table import embedding_matcher
-    from .tying import find_ties
+    from .analysis import moe
+    from .analysis import quant
+    from .analysis.classify import classify_all
+    from .analysis.config import model_type
+    from .analysis.count import count
+    from .analysis.transformers_table import embedding_matcher
+    from .analysis.tying import find_ties
 
     prepared = quant.prepare(checkpoint)
     if prepared.findings:
@@ -49,12 +50,12 @@ def load(target: str, *, revision: str | None = None, token: str | None = None) 
     """Read the headers of a target: a ``.safetensors`` file, a directory, or a sharded index.
 
     An existing local path stays local. Otherwise repo ids (``org/name``), ``hf://`` paths and Hub URLs are read with
-    HTTP range requests (:mod:`ckptcount.hub`); ``revision`` and ``token`` apply to those.
+    HTTP range requests (:mod:`ckptcount.targets.hub`); ``revision`` and ``token`` apply to those.
     """
     import os
 
     if not os.path.exists(target):
-        from .hub import is_hub_target, load_hub
+        from .targets.hub import is_hub_target, load_hub
 
         if is_hub_target(target):
             try:
@@ -95,15 +96,15 @@ def audit(
     """Count and classify the parameters of ``target`` from its headers alone. Raises :class:`CkptError`.
 
     Hub targets, and any target when ``dtype``/``max_size``/``fits`` is given, also get a preflight (download bytes,
-    memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.preflight`). ``context``
-    (tokens per sequence, ``batch`` sequences) adds the KV cache at ``kv_dtype`` (:mod:`ckptcount.kvcache`), which
+    memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.analysis.preflight`). ``context``
+    (tokens per sequence, ``batch`` sequences) adds the KV cache at ``kv_dtype`` (:mod:`ckptcount.analysis.kvcache`), which
     ``fits`` then includes.
     """
-    with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.gcpause
+    with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.support.gcpause
         checkpoint = load(target, revision=revision, token=token)
         report = analyse(checkpoint)
     if checkpoint.origin or dtype or max_size is not None or fits is not None or context is not None:
-        from .preflight import preflight
+        from .analysis.preflight import preflight
 
         pf = preflight(
             checkpoint,
@@ -185,10 +186,10 @@ def diff_targets(
     content: bool = False,
     budget: int | None = None,
 ):
-    """What changed from ``a`` to ``b`` (:class:`ckptcount.diff.Diff`), from their headers alone; with ``content``,
+    """What changed from ``a`` to ``b`` (:class:`ckptcount.diff.compare.Diff`), from their headers alone; with ``content``,
     also the bytes of the tensors both hold with the same shape, at most ``budget`` bytes read
-    (:mod:`ckptcount.diff_content`). ``ignore``: "dtype", "buffers". Raises the first target's :class:`CkptError`."""
-    from .diff import compare
+    (:mod:`ckptcount.diff.content`). ``ignore``: "dtype", "buffers". Raises the first target's :class:`CkptError`."""
+    from .diff.compare import compare
 
     ra, rb = audit_many([a, b], revision=revision, token=token)
     for r in (ra, rb):
@@ -196,7 +197,7 @@ def diff_targets(
             raise r
     d = compare(ra, rb, ignore=frozenset(ignore))
     if content:
-        from .diff_content import DEFAULT_BUDGET, compare_content
+        from .diff.content import DEFAULT_BUDGET, compare_content
 
         d = compare_content(ra, rb, d, budget=DEFAULT_BUDGET if budget is None else budget, token=token)
     return d

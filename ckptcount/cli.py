@@ -4,7 +4,7 @@ Exit codes: 0 every target counted; 1 a target was invalid, unreadable or missin
 the other targets are still reported); 2 usage error; 3 a preflight check failed; 4 ``--strict`` and findings.
 With several targets the code summarises them all, in that order of precedence: 1, then 3, then 4, then 0.
 
-``ckptcount diff A B [OPTIONS]`` compares two checkpoints (ckptcount.diff_cli; its own exit codes: 0 same, 1 differs,
+``ckptcount diff A B [OPTIONS]`` compares two checkpoints (ckptcount.diff.cli; its own exit codes: 0 same, 1 differs,
 2 error). It is chosen when the first argument is the word ``diff``; a local path named ``diff`` is counted as
 ``ckptcount ./diff`` (or ``ckptcount -- diff``).
 
@@ -22,7 +22,7 @@ import click
 from . import __version__
 from .api import audit_iter, audit_many
 from .errors import EXIT_CHECK, EXIT_FINDINGS, EXIT_INVALID, EXIT_OK, EXIT_USAGE, CkptError
-from .report import safe, to_json, to_jsonl, to_markdown, to_table
+from .report.render import safe, to_json, to_jsonl, to_markdown, to_table
 
 
 class Main(click.Command):
@@ -34,7 +34,7 @@ class Main(click.Command):
     def main(self, args=None, prog_name=None, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         if argv[:1] == ["diff"]:
-            from .diff_cli import diff_command
+            from .diff.cli import diff_command
 
             return diff_command.main(argv[1:], prog_name=f"{prog_name or 'ckptcount'} diff", **extra)
         return super().main(args, prog_name, **extra)
@@ -152,7 +152,7 @@ def _stream(targets, options: dict, *, jobs: int, tensors: bool, layers: bool, s
     exit code summarising every target, and says on stderr how many were counted, failed, had findings."""
     engine = None
     if verify_ties:
-        from .verify import VerifyError, resolve, verify_results
+        from .verify.run import VerifyError, resolve, verify_results
 
         try:
             engine = resolve(device)
@@ -185,8 +185,8 @@ def _stream(targets, options: dict, *, jobs: int, tensors: bool, layers: bool, s
 
 
 def _verify(results: list, device: str, token: str | None = None) -> list:
-    """--verify-ties: content checks of the embedding/head pair and each tie (ckptcount.verify); progress on stderr."""
-    from .verify import StderrProgress, VerifyError, resolve, verify_results
+    """--verify-ties: content checks of the embedding/head pair and each tie (ckptcount.verify.run); progress on stderr."""
+    from .verify.run import StderrProgress, VerifyError, resolve, verify_results
 
     try:
         engine = resolve(device)
@@ -214,7 +214,7 @@ def exit_code(results: list, *, strict: bool) -> int:
 def _size_option(param, value: str | None) -> int | None:
     if value is None:
         return None
-    from .preflight import parse_size
+    from .analysis.preflight import parse_size
 
     try:
         return parse_size(value)

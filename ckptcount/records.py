@@ -177,7 +177,7 @@ class Classification:
 
     On a 90,000-tensor repo every pass over the records costs ~0.1 s on a slow CPU; ties and count used to make their
     own. ``totals`` count every tensor once under its own classification; ``count`` re-files only tied and repeated
-    names. Built by :func:`ckptcount.classify.classify_all`, or from records alone by :func:`ckptcount.classify.gather`.
+    names. Built by :func:`ckptcount.analysis.classify.classify_all`, or from records alone by :func:`ckptcount.analysis.classify.gather`.
     """
 
     records: tuple[Classified, ...]
@@ -188,7 +188,7 @@ class Classification:
     buffers: Mapping[str, tuple[TensorRecord, ...]]  # the buffer tensors, by reason, in order
     experts: tuple[Classified, ...] = ()  # parameters whose names may be routed experts' ("experts.", "_exps"), in order
     # for each of ``experts``, an object shared by exactly the names equal but for their digits (classify's plan for
-    # them), so ckptcount.moe works out an expert's kind and number position once per such name; () from gather
+    # them), so ckptcount.analysis.moe works out an expert's kind and number position once per such name; () from gather
     expert_shapes: tuple = field(default=(), compare=False, repr=False)
     # the names classify_all's ``buffers_by_last`` rule made buffers (quantization metadata), name -> reason, in order
     buffers_by_last: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False)
@@ -253,7 +253,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class ContentCheck:
-    """What ``ckptcount.verify`` read and computed for two stored tensors that are, or might be, one tensor.
+    """What ``ckptcount.verify.run`` read and computed for two stored tensors that are, or might be, one tensor.
 
     ``orientation`` is "same", "transposed" (the second stored [d, V] against the first's [V, d]) or "structural"
     (one stored matrix: r = 1 by construction, ``stats`` describe it). ``skipped`` says why nothing was compared.
@@ -292,6 +292,6 @@ class Report:
     ties: tuple[TieGroup, ...]
     counts: Counts
     preflight: object | None = None  # preflight.Preflight: download and memory costs, when asked or for Hub targets
-    verification: Verification | None = None  # set by ckptcount.verify.verify_report
-    quantization: Mapping | None = None  # set by ckptcount.quant for quantized checkpoints (GGUF, GPTQ, AWQ...)
-    moe: Mapping | None = None  # set by ckptcount.moe for mixture-of-experts models: total vs active per token
+    verification: Verification | None = None  # set by ckptcount.verify.run.verify_report
+    quantization: Mapping | None = None  # set by ckptcount.analysis.quant for quantized checkpoints (GGUF, GPTQ, AWQ...)
+    moe: Mapping | None = None  # set by ckptcount.analysis.moe for mixture-of-experts models: total vs active per token

@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> None:
     import numpy  # noqa: F401
 
     from ckptcount import audit
-    from ckptcount.verify import resolve, verify_report
+    from ckptcount.verify.run import resolve, verify_report
 
     report = audit(args.target)
     engine = resolve(args.device, args.backend)

@@ -72,7 +72,7 @@ def _record(kind: str, value) -> None:
     from ckptcount.records import Report
 
     if isinstance(value, (Report, CkptError)):
-        from ckptcount import report as _report_pkg  # noqa: F401  (loaded for its renderer below)
+        from ckptcount.report import render as _render  # noqa: F401  (loaded for its renderer below)
 
         value = _RAW["to_json"]([value], tensors=True, layers=True)
     elif isinstance(value, list) and value and all(isinstance(v, (Report, CkptError)) for v in value):

@@ -303,22 +303,22 @@ class Bytes:
 def _count(name: str, reads: dict) -> None:
     """The count path after a reader accepted the input: assemble, analyse, render as JSON."""
     from ckptcount.api import analyse
-    from ckptcount.local import assemble
-    from ckptcount.report import to_json
+    from ckptcount.targets.local import assemble
+    from ckptcount.report.render import to_json
 
     ck = assemble(name, reads, config=None, config_file=None)
     to_json([analyse(ck)], tensors=True, layers=True)
 
 
 def run_file(data: bytes, name: str) -> None:
-    from ckptcount.formats import read_file
+    from ckptcount.formats.dispatch import read_file
 
     read = read_file(Bytes(data, name), name, f"fuzz/{name}")
     _count(name, {name: read})
 
 
 def run_data_pkl(data: bytes) -> None:
-    from ckptcount.torch_zip import check_storages, storage_ties, unpickle, unsafe_findings, walk
+    from ckptcount.formats.pytorch.reader import check_storages, storage_ties, unpickle, unsafe_findings, walk
 
     result, _ = unpickle(data, "fuzz/data.pkl")
     walked = walk(result.root, "data.pkl")
@@ -342,7 +342,7 @@ class IndexDir:
 
     def run(self, data: bytes) -> None:
         from ckptcount.api import analyse
-        from ckptcount.local import load_local
+        from ckptcount.targets.local import load_local
 
         (self.dir / "model.safetensors.index.json").write_bytes(data)
         analyse(load_local(str(self.dir)))
@@ -442,7 +442,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ckptcount-fuzz")
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per input before it counts as a hang")
     parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit for the campaign process")
-    parser.add_argument("--msgspec", action="store_true", help="decode every header and index by the msgspec paths (ckptcount.fastjson.THRESHOLD = 0; by default a process uses json for its first MiB)")
+    parser.add_argument("--msgspec", action="store_true", help="decode every header and index by the msgspec paths (ckptcount.support.fastjson.THRESHOLD = 0; by default a process uses json for its first MiB)")
     parser.add_argument("--make-seeds", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_seeds:
@@ -450,7 +450,7 @@ def main() -> None:
         return
     sys.path.insert(0, str(ROOT))
     if args.msgspec:
-        from ckptcount import fastjson
+        from ckptcount.support import fastjson
 
         fastjson.THRESHOLD = 0
     args.work.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Write ckptcount/kvcache_defaults.json: per ``model_type``, the transformers config class defaults that size a KV
+"""Write ckptcount/analysis/kvcache_defaults.json: per ``model_type``, the transformers config class defaults that size a KV
 cache when config.json leaves a key out (``head_dim``: Qwen3Config 128, Gemma 256; ``sliding_window``: MistralConfig
 4096; ``num_key_value_heads``...). Read from the dataclass fields of every config class the installed transformers
 has; only integer defaults are kept (None means "derived", which ckptcount derives and says so).

@@ -1,13 +1,13 @@
-"""Write ckptcount/transformers_table.json from the records of scripts/sweep_transformers.py.
+"""Write ckptcount/analysis/transformers_table.json from the records of scripts/sweep_transformers.py.
 
 Each sweep record holds, for one tiny model saved by ``save_pretrained``, the names of the floating-point persistent
 buffers and of the parameters as the file holds them, the ``tie_word_embeddings`` the model was built with, and
 whether its output embeddings' weight then was its input embeddings' weight. This script:
 
 * per model type, collects the buffer names with whole-number path parts zeroed (``layers.3.x`` -> ``layers.0.x``);
-* drops any entry that, under ckptcount's matching rule (ckptcount.transformers_table), would also match one of
+* drops any entry that, under ckptcount's matching rule (ckptcount.analysis.transformers_table), would also match one of
   that model type's parameters, and says so (none did for transformers 5.24);
-* checks that no generic buffer row of ckptcount.classify matches a parameter of any swept model (outside
+* checks that no generic buffer row of ckptcount.analysis.classify matches a parameter of any swept model (outside
   ``PARAMETER_IN``'s exceptions), and exits 1 listing them if one does;
 * per model type where the name rules' embeddings are not transformers' ``nn.Embedding`` weights (what
   ``num_parameters(exclude_embeddings=True)`` subtracts), lists the latter;
@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ckptcount import transformers_table  # noqa: E402
-from ckptcount.classify import PARAMETER_IN, _buffer_name, component_of, shape_of_name  # noqa: E402
+from ckptcount.analysis import transformers_table  # noqa: E402
+from ckptcount.analysis.classify import PARAMETER_IN, _buffer_name, component_of, shape_of_name  # noqa: E402
 from ckptcount.records import EMBEDDING_COMPONENTS  # noqa: E402
 
 

@@ -39,7 +39,7 @@ def stand_in_hub(request, monkeypatch, tmp_path):
     and its CDN do (gzip-compressed chunked JSON and text answers, weak ETags, the CDN on another host name)."""
     from hubserver import HubServer
 
-    from ckptcount import http_source
+    from ckptcount.sources import http as http_source
 
     server = HubServer(mode=request.param)
     monkeypatch.setenv("HF_ENDPOINT", server.url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptcount.classify import classify, classify_all, gather, layer_of, split_suffix
+from ckptcount.analysis.classify import classify, classify_all, gather, layer_of, split_suffix
 from ckptcount.records import TensorRecord
 
 PARTS = ["h", "layers", "blocks", "encoder", "decoder", "mlp", "attn", "self_attn", "experts", "fc1", "fc3", "fc",
@@ -45,8 +45,8 @@ def test_the_inline_gathering_matches_gathering_afterwards_on_real_checkpoints()
     from conftest import FIXTURES
 
     from ckptcount.api import load
-    from ckptcount.count import count
-    from ckptcount.tying import find_ties
+    from ckptcount.analysis.count import count
+    from ckptcount.analysis.tying import find_ties
 
     for name in ("gpt2", "gpt2-medium"):
         ck = load(str(FIXTURES / name))
@@ -69,7 +69,7 @@ def test_metadata_by_last_part_is_the_metadata_by_name(entries, model_type):
     """classify_all's buffers_by_last (FP8 metadata, decided once per name shape) classifies and gathers exactly as
     the same metadata given name by name (what quant.prepare's pass over the names gives: quant._meta_reason), names
     stored twice included; the names it found are that map, in the same order."""
-    from ckptcount.quant import _BY_LAST_PART, Scheme, _meta_reason
+    from ckptcount.analysis.quant import _BY_LAST_PART, Scheme, _meta_reason
 
     tensors = [TensorRecord(n, dt, shape, "f.safetensors") for n, shape, dt in entries]
     scheme = Scheme("fp8", 8, None, "test", {})

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from ckptcount.api import audit, diff_targets
 from ckptcount.cli import main
-from ckptcount.diff import compare
-from ckptcount.names import GGUF_TABLES, PREFIXES, align, to_gguf
+from ckptcount.diff.compare import compare
+from ckptcount.diff.names import GGUF_TABLES, PREFIXES, align, to_gguf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

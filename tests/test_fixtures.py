@@ -45,7 +45,7 @@ def test_gpt2_split_and_conventions(fixtures_dir):
 
 def test_reads_exactly_the_header_bytes(fixtures_dir, monkeypatch):
     """Bytes read per file = 8 + N, counted by the byte source itself, in two reads."""
-    from ckptcount import sources
+    from ckptcount.sources import files as sources
 
     made = []
     real = sources.LocalFile
@@ -55,7 +55,7 @@ def test_reads_exactly_the_header_bytes(fixtures_dir, monkeypatch):
             super().__init__(*a, **k)
             made.append(self)
 
-    monkeypatch.setattr("ckptcount.local.LocalFile", Counting)
+    monkeypatch.setattr("ckptcount.targets.local.LocalFile", Counting)
     r = audit(str(fixtures_dir / "gpt2-xl"))
     st = [s for s in made if s.name.endswith("model.safetensors")]
     assert len(st) == 1
@@ -76,7 +76,7 @@ def test_count_path_imports_no_torch_or_numpy(fixtures_dir):
         "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers', 'msgspec') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"  # nor msgspec: 15 KB of header is not worth its import (ckptcount.fastjson)
+    assert out.strip() == "[]"  # nor msgspec: 15 KB of header is not worth its import (ckptcount.support.fastjson)
 
 
 def test_msgspec_is_imported_once_headers_reach_the_threshold(tmp_path):
@@ -86,14 +86,14 @@ def test_msgspec_is_imported_once_headers_reach_the_threshold(tmp_path):
 
     from conftest import safetensors_head
 
-    from ckptcount import fastjson
+    from ckptcount.support import fastjson
 
     head, data = safetensors_head({f"model.layers.{i}.mlp.experts.{j}.w{k}.weight": ("BF16", [4, 4]) for i in range(60) for j in range(64) for k in (1, 2, 3)})
     assert len(head) > fastjson.THRESHOLD
     (tmp_path / "model.safetensors").write_bytes(head + b"\0" * data)
     code = (
         "import sys, json\n"
-        "from ckptcount import audit, fastjson, safetensors_header as sh\n"
+        "from ckptcount import audit\nfrom ckptcount.support import fastjson\nfrom ckptcount.formats import safetensors as sh\n"
         "threshold = int(sys.argv[2])\n"
         "fastjson.THRESHOLD = threshold\n"
         "calls = []\n"
@@ -113,7 +113,7 @@ def test_msgspec_is_imported_once_headers_reach_the_threshold(tmp_path):
 
 
 def test_fastjson_counts_the_bytes_a_process_has_seen(monkeypatch):
-    from ckptcount import fastjson
+    from ckptcount.support import fastjson
 
     monkeypatch.setattr(fastjson, "_seen", 0)
     assert not fastjson.worth_it(fastjson.THRESHOLD - 10)

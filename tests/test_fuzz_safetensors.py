@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ckptcount.errors import CkptError
 from ckptcount.records import DTYPE_BITS
-from ckptcount.safetensors_header import parse_header, read_header
+from ckptcount.formats.safetensors import parse_header, read_header
 
 from conftest import FIXTURES, MemSource
 
@@ -86,7 +86,7 @@ def test_any_declared_length_reads_at_most_the_file(n, rest):
 
 def _one_by_one(obj: dict) -> list:
     """The reference: every entry through the rule-by-rule validator."""
-    from ckptcount.safetensors_header import _tensor
+    from ckptcount.formats.safetensors import _tensor
 
     return [_tensor(name, info, "f.safetensors", "f.safetensors") for name, info in obj.items()]
 
@@ -113,7 +113,7 @@ near_valid = st.fixed_dictionaries(
 @given(st.dictionaries(st.text(max_size=4), near_valid, max_size=4), st.data())
 @example({"a": {"dtype": "F32", "shape": [2**40, 2**40, 0], "data_offsets": [0, 0]}}, None)  # overflow before a 0
 def test_fast_path_accepts_and_rejects_exactly_what_the_rules_do(header, data):
-    from ckptcount.safetensors_header import _tensors
+    from ckptcount.formats.safetensors import _tensors
 
     # make some entries exactly consistent, so the accepting branch is exercised too
     for info in header.values():
@@ -141,7 +141,7 @@ plain_meta = st.text(st.characters(blacklist_categories=("Cc", "Cs"), blacklist_
 
 def _fast_outcome(buf: bytes):
     """What parse_header's msgspec path returns for ``buf``, in _outcome's form; None when it declines."""
-    from ckptcount.safetensors_header import _fast
+    from ckptcount.formats.safetensors import _fast
 
     got = _fast(buf, "f.safetensors")
     if got is None:
@@ -154,7 +154,7 @@ def _fast_outcome(buf: bytes):
 
 def _reference(buf: bytes):
     """The rules' answer for ``buf``: json decode, then every entry one by one (a CkptError's message if any)."""
-    from ckptcount.safetensors_header import _decode
+    from ckptcount.formats.safetensors import _decode
 
     try:
         obj = _decode(buf, "f.safetensors")
@@ -219,7 +219,7 @@ def test_fast_path_takes_what_safetensors_writes():
     head, pos = safetensors_head({"a.weight": ("BF16", [3, 4]), "a.bias": ("F32", [4]), "s": ("I64", []), "h": ("F16", [2, 8])})
     got = _fast_outcome(head[8:])
     assert got is not None and got == _reference(head[8:]) and len(got[0]) == 4
-    from ckptcount.safetensors_header import _fast
+    from ckptcount.formats.safetensors import _fast
 
     assert _fast(head[8:], "m.safetensors")[1] == pos
     raw = (FIXTURES / "gpt2" / "model.safetensors").read_bytes()  # written by the safetensors package itself

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ckptcount.gcpause import gc_paused
+from ckptcount.support.gcpause import gc_paused
 
 
 def test_restores_enabled_and_disabled_states():

@@ -11,11 +11,11 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
-from ckptcount import gguf as ours  # noqa: E402
+from ckptcount.formats import gguf as ours  # noqa: E402
 from ckptcount.api import audit  # noqa: E402
 from ckptcount.errors import CkptError, HeaderError, ReadError  # noqa: E402
-from ckptcount.quant import GGUF_FILE_TYPES  # noqa: E402
-from ckptcount.sources import LocalFile  # noqa: E402
+from ckptcount.analysis.quant import GGUF_FILE_TYPES  # noqa: E402
+from ckptcount.sources.files import LocalFile  # noqa: E402
 
 D, V, FF = 256, 96, 512  # rows of 256 so every K-quant block fits
 
@@ -341,7 +341,7 @@ def _embedding_pair(path, emb: np.ndarray, head, head_type=None):
 def test_verify_ties_reads_float_gguf_tensors(tmp_path, dtype):
     """token_embd against output, read at the data section's start plus each tensor's offset (row-major: the reader
     reverses ggml's dims), against numpy; a quantized head is reported by its type, not read."""
-    from ckptcount.verify import local_opener, verify_report
+    from ckptcount.verify.run import local_opener, verify_report
 
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((V, D)).astype(dtype)

@@ -48,8 +48,8 @@ def test_manifest_lists_every_attack_the_issue_names():
 @pytest.mark.parametrize("case", MANIFEST, ids=[c["name"] for c in MANIFEST])
 def test_each_case_gives_its_line_and_exit_code(corpus, monkeypatch, case, decoder):
     """Each case with the JSON decoding a process starts with (json: these files are small), and with the msgspec
-    paths it takes after its first MiB of headers (ckptcount.fastjson): the same line, the same code."""
-    from ckptcount import fastjson
+    paths it takes after its first MiB of headers (ckptcount.support.fastjson): the same line, the same code."""
+    from ckptcount.support import fastjson
 
     monkeypatch.setattr(fastjson, "THRESHOLD", 0 if decoder == "msgspec" else 1 << 60)
     monkeypatch.chdir(corpus)

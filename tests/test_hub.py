@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from ckptcount.api import audit, audit_many
 from ckptcount.cli import main
 from ckptcount.errors import CkptError
-from ckptcount.http_source import FIRST_BLOCK
-from ckptcount.report import to_json
+from ckptcount.sources.http import FIRST_BLOCK
+from ckptcount.report.render import to_json
 
 from conftest import safetensors_head
 from hubserver import Virtual, load_dir
@@ -387,7 +387,7 @@ def test_content_range_must_match(hub):
     # A 206 whose Content-Range disagrees with the listing's size is refused, not trusted.
     head, size = safetensors_bytes({"w": ("F32", [8])})
     hub.add("test/liar", {"model.safetensors": Virtual(head, size)})
-    from ckptcount.http_source import HttpFile, HubClient
+    from ckptcount.sources.http import HttpFile, HubClient
 
     client = HubClient(hub.url)
     f = HttpFile(client, f"{hub.url}/test/liar/resolve/main/model.safetensors", "model.safetensors", "test/liar/model.safetensors", size=size + 1)

@@ -8,7 +8,7 @@ import struct
 
 from conftest import MemSource
 
-from ckptcount import hub
+from ckptcount.targets import hub
 
 
 

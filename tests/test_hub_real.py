@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ckptcount.api import audit
 from ckptcount.cli import main
 from ckptcount.errors import CkptError
-from ckptcount.http_decode import RATIO_GRACE, Body, DecodeError
+from ckptcount.sources.http_decode import RATIO_GRACE, Body, DecodeError
 
 from hubserver import HubServer, load_dir
 

@@ -21,10 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptcount import cache, http_source, hub
+from ckptcount.targets import cache
+
+from ckptcount.sources import http as http_source
+
+from ckptcount.targets import hub
 from ckptcount.api import audit
 from ckptcount.errors import CkptError
-from ckptcount.http_source import FIRST_BLOCK
+from ckptcount.sources.http import FIRST_BLOCK
 
 from conftest import MemSource
 from hubserver import Virtual

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ckptcount.api import audit  # noqa: E402
-from ckptcount.kvcache import KVUnknown, estimate, shape_from_config  # noqa: E402
+from ckptcount.analysis.kvcache import KVUnknown, estimate, shape_from_config  # noqa: E402
 
 CACHE_TENSORS = {"keys", "values", "conv_states", "recurrent_states"}
 

@@ -13,8 +13,8 @@ from conftest import safetensors_head
 
 from ckptcount import audit
 from ckptcount.errors import CkptError, HeaderError, ShardIndexError, TargetNotFound, UnsafePath
-from ckptcount.local import cross_check
-from ckptcount.formats import FileRead
+from ckptcount.targets.local import cross_check
+from ckptcount.formats.dispatch import FileRead
 from ckptcount.records import FileRecord, TensorRecord
 
 
@@ -80,7 +80,7 @@ def test_cross_check_is_pure():
 )
 def test_agreement_is_decided_as_the_full_cross_check_decides_it(weight_map, stored):
     """local.agrees (C-level, the common case) is true exactly when the name-by-name cross-check finds nothing."""
-    from ckptcount.local import agrees
+    from ckptcount.targets.local import agrees
 
     reads = {s: FileRead(FileRecord(s, 0, 0, len(ns), False), tuple(TensorRecord(n, "F32", (1,), s) for n in ns)) for s, ns in stored.items()}
     assert agrees(weight_map, reads) == (cross_check(weight_map, reads, "idx") == [])
@@ -197,9 +197,9 @@ def test_buffers_by_name_shape_and_dtype(tmp_path):
 
 
 def test_integer_literals_past_pythons_digit_limit_are_invalid_json_not_a_crash():
-    from ckptcount.config import parse_config
+    from ckptcount.analysis.config import parse_config
     from ckptcount.errors import ConfigError, ShardIndexError
-    from ckptcount.local import parse_index
+    from ckptcount.targets.local import parse_index
 
     raw = b'{"weight_map": {"a": "x.safetensors"}, "metadata": {"total_size": ' + b"9" * 5000 + b"}}"
     with pytest.raises(ShardIndexError, match=r"^i\.json: not valid JSON \(ValueError\)$"):
@@ -230,7 +230,7 @@ def test_index_decode_is_json_decode(weight_map, metadata, repeat, ascii_only, c
     """local._decode_index takes most indexes through msgspec: whatever it returns is what json.loads gives for the
     keys parse_index reads, and it raises what json.loads raises, for any weight_map and metadata values, an extra
     key, a repeated key, escaped or raw non-ASCII names."""
-    from ckptcount.local import _decode_index
+    from ckptcount.targets.local import _decode_index
 
     doc = {"weight_map": weight_map} if metadata is None else {"metadata": metadata, "weight_map": weight_map}
     text = json.dumps(doc, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
@@ -251,7 +251,7 @@ def test_index_decode_is_json_decode(weight_map, metadata, repeat, ascii_only, c
 
 
 def test_index_decode_declines_to_msgspec_what_json_must_judge():
-    from ckptcount.local import _decode_index, _fast_index
+    from ckptcount.targets.local import _decode_index, _fast_index
 
     # what save_pretrained writes takes the msgspec path, with or without metadata
     for doc in ({"metadata": {"total_size": 8, "total_parameters": 2}, "weight_map": {"a": "s1", "b": "s2"}}, {"weight_map": {"a": "s1"}}):

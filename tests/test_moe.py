@@ -11,7 +11,7 @@ transformers = T = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
 from ckptcount.api import audit  # noqa: E402
-from ckptcount.moe import expert_kind  # noqa: E402
+from ckptcount.analysis.moe import expert_kind  # noqa: E402
 
 H, I, E, K, L, VOCAB = 16, 24, 4, 2, 2, 64
 
@@ -160,9 +160,9 @@ def test_summary_from_classify_candidates_is_the_summary_from_every_record():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from ckptcount.classify import classify_all
-    from ckptcount.count import count
-    from ckptcount.moe import summarize
+    from ckptcount.analysis.classify import classify_all
+    from ckptcount.analysis.count import count
+    from ckptcount.analysis.moe import summarize
     from ckptcount.records import Checkpoint, TensorRecord, TieGroup
 
     stems = st.sampled_from(["mlp.experts.{e}.gate_proj", "mlp.experts.{e}.down_proj", "mlp.shared_experts.up_proj", "mlp.gate",

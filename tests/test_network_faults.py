@@ -2,7 +2,7 @@
 stderr line, the exit code, and how many times the request was tried (counted by the server, not by ckptcount).
 
 Faults hit either the Hub API (the listing) or the CDN that serves the LFS file (the range read of the header).
-Retry policy (ckptcount.http_source): 429, 5xx, dropped, truncated or stalled bodies are tried MAX_TRIES = 5 times
+Retry policy (ckptcount.sources.http): 429, 5xx, dropped, truncated or stalled bodies are tried MAX_TRIES = 5 times
 in all; other 4xx fail at once (on the CDN, the probe's failure is redone once through the Hub at the resolved
 commit, as for an expired signed URL: 2 tries; a 416 is a NetworkError, which is never redone: 1 try). Counts below are from FACTS.md (gpt2: 124,439,808 parameters)."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ckptcount import http_source
+from ckptcount.sources import http as http_source
 from ckptcount.cli import main
 
 from hubserver import HubServer, load_dir

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
 from ckptcount.api import audit  # noqa: E402
-from ckptcount.quant import scheme_of  # noqa: E402
+from ckptcount.analysis.quant import scheme_of  # noqa: E402
 
 CONFIG = dict(
     vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -216,7 +216,7 @@ def test_mxfp4_gpt_oss(tmp_path):
 
 
 def test_unquantized_model_has_no_quantization_key(fixtures_dir):
-    from ckptcount.report import target_dict
+    from ckptcount.report.render import target_dict
 
     d = target_dict(audit(str(fixtures_dir / "gpt2")))
     assert "quantization" not in d and "moe" not in d
@@ -243,7 +243,7 @@ def test_scheme_of():
 def test_preflight_memory_from_the_counts_is_the_sum_over_stored_tensors(tmp_path, variant):
     """The Hub path gives preflight the report's counts (one record per stored tensor, packed ones at their stored
     bytes) instead of a pass over the tensors: the same bytes as summing every stored tensor, packed or not."""
-    from ckptcount.preflight import memory_at, preflight
+    from ckptcount.analysis.preflight import memory_at, preflight
 
     folder, *_ , tensors = build(tmp_path, variant)
     report = audit(str(folder), dtype="fp16")
@@ -255,7 +255,7 @@ def test_preflight_memory_from_the_counts_is_the_sum_over_stored_tensors(tmp_pat
 def test_metadata_by_last_part_agrees_with_the_suffix_rules():
     """prepare() finds FP8/GPTQ/AWQ/bnb-8bit/compressed-tensors metadata by a dict lookup on the name's last part;
     _meta_reason (the suffix loop) is the reference, on every suffix and near misses."""
-    from ckptcount.quant import _BY_LAST_PART, _META, Scheme, _meta_reason
+    from ckptcount.analysis.quant import _BY_LAST_PART, _META, Scheme, _meta_reason
 
     for method, by_last in _BY_LAST_PART.items():
         scheme = Scheme(method, 4, None, "test", {})

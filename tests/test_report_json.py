@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptcount import audit
-from ckptcount.report import indented, to_json
+from ckptcount.report.render import indented, to_json
 
 from conftest import FIXTURES
 
@@ -30,7 +30,7 @@ def test_indented_is_json_dumps_byte_for_byte(doc):
 
 
 def test_real_reports_are_written_as_json_dumps_writes_them():
-    from ckptcount.report import target_dict
+    from ckptcount.report.render import target_dict
 
     for name in ("gpt2", "gpt2-medium"):
         report = audit(str(FIXTURES / name))

@@ -12,8 +12,8 @@ import struct
 import pytest
 
 from ckptcount.errors import HeaderError
-from ckptcount.safetensors_header import MAX_HEADER_BYTES, parse_header, read_header
-from ckptcount.sources import LocalFile
+from ckptcount.formats.safetensors import MAX_HEADER_BYTES, parse_header, read_header
+from ckptcount.sources.files import LocalFile
 
 
 def raw_file(header: bytes | str | dict, data: bytes = b"", n: int | None = None) -> bytes:

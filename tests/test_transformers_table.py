@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ckptcount import audit  # noqa: E402
-from ckptcount import transformers_table  # noqa: E402
-from ckptcount.config import tie_setting  # noqa: E402
+from ckptcount.analysis import transformers_table  # noqa: E402
+from ckptcount.analysis.config import tie_setting  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from sweep_transformers import tiny_config  # noqa: E402

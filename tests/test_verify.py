@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file, save_model  # noqa: E402
 from ckptcount import audit  # noqa: E402
 from ckptcount.cli import main  # noqa: E402
 from ckptcount.records import DTYPE_BITS  # noqa: E402
-from ckptcount.verify import (  # noqa: E402
+from ckptcount.verify.run import (  # noqa: E402
     TORCH_DTYPES,
     Located,
     compare,
@@ -390,7 +390,7 @@ def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
     """Over the test Hub (real HTTP, LFS redirected to a CDN origin): range requests for exactly the tensors' bytes."""
     from hubserver import load_dir
 
-    import ckptcount.verify as verify
+    import ckptcount.verify.run as verify
 
     monkeypatch.setattr(verify, "READ_CHUNK", 4096)  # several chunks per span, read in parallel
     folder, emb, head = ckpts["transposed-near"]
@@ -460,7 +460,7 @@ def offset_pair(tmp_path_factory):
 def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, backend, workers, block):
     """Chunks of 1000 elements (dots in slices of 128) over 19,275 elements, blocks of a few rows, 1 or 3 threads:
     the same r, max diff, stats and identical flag as np.corrcoef in float64 over the whole tensors."""
-    import ckptcount.verify as verify
+    import ckptcount.verify.run as verify
 
     monkeypatch.setattr(verify, "CHUNK", 1000)
     monkeypatch.setattr(verify, "TORCH_CHUNK", 700)
@@ -487,7 +487,7 @@ def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, b
 
 def test_reads_without_preadv_are_the_same(offset_pair, monkeypatch):
     """Where os.preadv is missing, os.pread fills the block instead: same bytes, same counts, same numbers."""
-    import ckptcount.verify as verify
+    import ckptcount.verify.run as verify
 
     folder, emb, _ = offset_pair
     got = []
@@ -503,7 +503,7 @@ def test_reads_without_preadv_are_the_same(offset_pair, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_identical_copy_across_chunks_and_threads(offset_pair, monkeypatch, tmp_path, backend):
-    import ckptcount.verify as verify
+    import ckptcount.verify.run as verify
 
     monkeypatch.setattr(verify, "CHUNK", 1000)
     monkeypatch.setattr(verify, "TORCH_CHUNK", 1000)
@@ -543,7 +543,7 @@ def test_blocks_rounded_up_by_the_engine_still_fit_the_budget(tmp_path, transpos
     """torch's pinned-memory allocator rounds each block up to a power of two (on an H100, a remote comparison under
     the 64 MiB budget pinned 88 MiB). compare() sizes blocks by what the engine allocates: here a numpy engine that
     rounds the same way. The allocated blocks fit the budget, and the numbers equal those of exact-sized blocks."""
-    from ckptcount.verify import _Numpy
+    from ckptcount.verify.run import _Numpy
 
     class Rounding(_Numpy):
         def __init__(self):
@@ -610,11 +610,11 @@ def test_auto_without_a_gpu_does_not_import_torch():
     """On Linux with no GPU device nodes, ``auto`` computes with numpy and never imports torch (2-3 s, ~250 MB)."""
     import subprocess
 
-    from ckptcount.verify import _gpu_possible
+    from ckptcount.verify.run import _gpu_possible
 
     if _gpu_possible():
         pytest.skip("a GPU may be present: auto imports torch to ask")
-    code = "import sys; from ckptcount.verify import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
+    code = "import sys; from ckptcount.verify.run import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["numpy", "False", "False"]  # torch is installed here (not missing), and was not imported
 
