@@ -43,7 +43,7 @@ def dump_cli(out: Path) -> None:
 
 
 def dump_suite(out: Path) -> int:
-    env = dict(os.environ, CKPTCOUNT_DUMP=str(out / "suite.jsonl"), PYTHONPATH=str(ROOT / "scripts"))
+    env = dict(os.environ, CKPTCOUNT_DUMP=str(out / "suite.jsonl"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "scripts")]))
     (out / "suite.jsonl").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "dump_outputs", "-p", "no:cacheprovider"]
     return subprocess.call(cmd, cwd=ROOT, env=env)
