@@ -18,8 +18,7 @@ def analyse(checkpoint: Checkpoint) -> Report:
     for dense unquantized models.
     """
     # imported here, not at start-up: a Hub audit imports them while its first requests are in flight (hub._warm_up)
-    from .analysis import moe
-    from .analysis import quant
+    from .analysis import moe, quant
     from .analysis.classify import classify_all
     from .analysis.config import model_type
     from .analysis.count import count
@@ -55,9 +54,11 @@ def load(target: str, *, revision: str | None = None, token: str | None = None) 
     import os
 
     if not os.path.exists(target):
-        from .targets.hub import is_hub_target, load_hub
+        from .targets.hub_target import is_hub_target  # a local target never imports the Hub modules
 
         if is_hub_target(target):
+            from .targets.hub import load_hub
+
             try:
                 return load_hub(target, revision=revision, token=token)
             except CkptError as e:

@@ -8,7 +8,7 @@ import struct
 
 from conftest import MemSource
 
-from ckptcount.targets import hub
+from ckptcount.targets import shards as hub
 
 
 
@@ -25,7 +25,7 @@ def sources(n: int) -> dict:
 
 def test_bar_drawn_on_the_given_stream_and_results_unchanged(capsys):
     stream = io.StringIO()
-    reads = hub._read_all(sources(12), progress_stream=stream)
+    reads = hub.read_all(sources(12), progress_stream=stream)
     assert [r.tensors[0].name for r in reads.values()] == [f"layers.{i}.w" for i in range(12)]
     assert "shard headers" in stream.getvalue()
     out = capsys.readouterr()

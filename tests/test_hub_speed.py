@@ -25,7 +25,7 @@ from ckptcount.targets import cache
 
 from ckptcount.sources import http as http_source
 
-from ckptcount.targets import hub
+from ckptcount.targets import shards as hub
 from ckptcount.api import audit
 from ckptcount.errors import CkptError
 from ckptcount.sources.http import FIRST_BLOCK
@@ -132,18 +132,18 @@ def test_gc_is_restored_as_it_was(monkeypatch):
     read_file = hub.read_file
     monkeypatch.setattr(hub, "read_file", lambda s, n, w: (seen.append(gc.isenabled()), read_file(s, n, w))[1])
     assert gc.isenabled()
-    reads = hub._read_all(sources)
+    reads = hub.read_all(sources)
     assert [r.record.tensors for r in reads.values()] == [2, 2, 2]
     assert seen == [False] * 3 and gc.isenabled()
     gc.disable()
     try:
-        hub._read_all(dict(list(sources.items())[:1]))
+        hub.read_all(dict(list(sources.items())[:1]))
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
     broken = dict(sources, **{"model-00002-of-00003.safetensors": Mem("m2", b"\1" * 4)})
     with pytest.raises(CkptError, match="too short for the 8-byte header length"):
-        hub._read_all(broken)
+        hub.read_all(broken)
     assert gc.isenabled()
 
 

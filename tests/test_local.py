@@ -14,7 +14,7 @@ from conftest import safetensors_head
 from ckptcount import audit
 from ckptcount.errors import CkptError, HeaderError, ShardIndexError, TargetNotFound, UnsafePath
 from ckptcount.targets.local import cross_check
-from ckptcount.formats.dispatch import FileRead
+from ckptcount.formats.base import FileRead
 from ckptcount.records import FileRecord, TensorRecord
 
 

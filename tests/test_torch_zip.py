@@ -21,7 +21,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from ckptcount import CkptError, audit, load  # noqa: E402
 from ckptcount.cli import main  # noqa: E402
-from ckptcount.formats.dispatch import format_of, read_file  # noqa: E402
+from ckptcount.formats.base import format_of  # noqa: E402
+from ckptcount.formats.dispatch import read_file  # noqa: E402
 from ckptcount.sources.files import LocalFile  # noqa: E402
 
 T = transformers

@@ -68,6 +68,16 @@ def summarize(
     """The ``moe`` section of a report, or None when no routed experts are stored.
 
     ``index``: classify's :class:`Classification` of ``classified``; only its expert candidates are looked at."""
+    per_layer, indices, leading, kinds = _scan(classified, ties, index)
+    if not per_layer:
+        return None
+    e_cfg, e_how, k_cfg, k_how, notes = _expert_numbers(checkpoint, indices, leading)
+    return _section(counts.parameters, per_layer, kinds, e_cfg, e_how, k_cfg, k_how, notes)
+
+
+def _scan(classified: tuple[Classified, ...], ties: tuple[TieGroup, ...], index: Classification | None) -> tuple:
+    """(routed parameters per layer, expert numbers per layer, leading sizes of stacked expert tensors, layouts seen),
+    each stored name counted once."""
     dropped, _ = counted_names(ties)
     per_layer: dict[str, int] = {}
     indices: dict[str, set] = {}  # layer -> expert numbers (digit strings while scanning)
@@ -110,12 +120,14 @@ def summarize(
             ix.add(name[span[0] : span[1]])  # the digits; made numbers once per distinct string below
         elif t.shape:
             leading.add(t.shape[0])
-    if not per_layer:
-        return None
     # expert numbers from names; one of more than 18 digits is no expert index (and past 4,300 int() would refuse it)
-    indices = {layer: {int(x) for x in strings if len(x.lstrip("0")) <= 18} for layer, strings in indices.items()}
-    indices = {layer: ix for layer, ix in indices.items() if ix}
+    numbers = {layer: {int(x) for x in strings if len(x.lstrip("0")) <= 18} for layer, strings in indices.items()}
+    return per_layer, {layer: ix for layer, ix in numbers.items() if ix}, leading, kinds
 
+
+def _expert_numbers(checkpoint: Checkpoint, indices: dict[str, set[int]], leading: set[int]) -> tuple:
+    """(experts, how known, experts per token, how known, notes): from config.json, else the GGUF keys, else (the
+    expert count only) the tensor names and shapes; disagreements are notes."""
     notes: list[str] = []
     e_cfg, e_how = _config_value(checkpoint.config, E_KEYS)
     k_cfg, k_how = _config_value(checkpoint.config, K_KEYS)
@@ -133,8 +145,11 @@ def summarize(
     for layer, ix in sorted(indices.items()):
         if e_cfg is not None and len(ix) != e_cfg:
             notes.append(f"layer {layer} stores {len(ix)} of {e_cfg} experts")
+    return e_cfg, e_how, k_cfg, k_how, notes
 
-    total = counts.parameters
+
+def _section(total: int, per_layer: dict[str, int], kinds: set[str], e_cfg, e_how, k_cfg, k_how, notes: list[str]) -> dict:
+    """The ``moe`` dict: total, routed and dense parameters, and the active count when E and k are known."""
     routed = sum(per_layer.values())
     out: dict = {
         "total": total,

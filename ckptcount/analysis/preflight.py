@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from ..formats.base import format_of
 from ..records import NON_FLOAT_DTYPES, Checkpoint, Counts
 
 # --dtype choices and their bits per element.
@@ -118,8 +119,6 @@ def preflight(
     ``counts``: the report's counts of this checkpoint, whose bytes by dtype already sum the stored tensors (one
     record per stored tensor; packed ones keep their stored bytes; tied views of one storage once), saving a pass over
     90,000 tensors. Without them, views of one storage are counted per name."""
-    from ..formats.dispatch import format_of
-
     by_format: dict[str, int] = {}
     if listing is None:
         listing = {f.path: f.size for f in checkpoint.files}

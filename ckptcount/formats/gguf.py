@@ -28,6 +28,7 @@ from typing import Mapping
 
 from ..errors import HeaderError, ReadError
 from ..records import FileRecord, Finding, TensorRecord
+from .base import FileRead
 
 MAGIC = b"GGUF"
 MAX_TENSORS = 1_000_000
@@ -234,7 +235,9 @@ def _value(cur: _Cursor, vtype: int, key: str, in_array: bool = False) -> object
 
 
 def parse(source, where: str | None = None, file: str | None = None) -> GGUFHeader:
-    """Parse and validate the GGUF header of ``source``; read nothing of the tensor data."""
+    """Parse and validate the GGUF header of ``source``; read nothing of the tensor data.
+
+    A flat checklist, kept as one function: the header's fields in file order, each validated where it is read."""
     where = where or source.name
     file = file if file is not None else where
     size = source.size()
@@ -321,8 +324,6 @@ def parse(source, where: str | None = None, file: str | None = None) -> GGUFHead
 
 def read_gguf(source, name: str, where: str):
     """The formats.READERS entry: one GGUF file's header as a FileRead."""
-    from .dispatch import FileRead
-
     h = parse(source, where, name)
     record = FileRecord(
         path=name,

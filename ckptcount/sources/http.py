@@ -415,7 +415,7 @@ class HttpFile:
     def prefetch_header(self) -> None:
         """Network only, for a safetensors file: the first block, then the rest of the header its 8-byte length
         announces, so that the reader later parses without a request. Shard headers are fetched this way by many
-        threads while one thread parses (:func:`ckptcount.targets.hub._read_all`): parsing is CPU, and a thread that parses
+        threads while one thread parses (:func:`ckptcount.targets.shards.read_all`): parsing is CPU, and a thread that parses
         between two requests holds the GIL that the others need to receive theirs. A length over the cap or past the
         end of the file is not fetched: the reader rejects it with its own message. Nothing is recorded as served."""
         size = self._size

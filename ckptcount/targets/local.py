@@ -15,7 +15,8 @@ from types import MappingProxyType
 from ..support import fastjson
 from ..analysis.config import parse_config
 from ..errors import ConfigError, ShardIndexError, TargetNotFound
-from ..formats.dispatch import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, read_file
+from ..formats.base import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of
+from ..formats.dispatch import read_file
 from ..formats.gguf import split_findings, split_names
 from ..records import Checkpoint, Finding, TensorRecord
 from ..sources.files import LocalFile, cache_snapshot, entries, inside, real_roots

@@ -781,7 +781,7 @@ def hub_opener(checkpoint, token: str | None = None) -> Opener:
     from urllib.parse import quote
 
     from ..sources.http import HubClient
-    from ..targets.hub import _is_file
+    from ..targets.hub_target import names_file as _is_file
 
     o = checkpoint.origin
     path = o.get("path") or ""
