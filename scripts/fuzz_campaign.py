@@ -318,7 +318,8 @@ def run_file(data: bytes, name: str) -> None:
 
 
 def run_data_pkl(data: bytes) -> None:
-    from ckptcount.formats.pytorch.reader import check_storages, storage_ties, unpickle, unsafe_findings, walk
+    from ckptcount.formats.pytorch.unpickler import unpickle
+    from ckptcount.formats.pytorch.walker import check_storages, storage_ties, unsafe_findings, walk
 
     result, _ = unpickle(data, "fuzz/data.pkl")
     walked = walk(result.root, "data.pkl")

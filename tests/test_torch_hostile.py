@@ -25,7 +25,7 @@ from ckptcount import CkptError, audit, load
 from ckptcount.cli import main
 from ckptcount.errors import TorchFileError
 from ckptcount.formats.dispatch import read_file
-from ckptcount.formats.pytorch.reader import MAX_PICKLE_BYTES
+from ckptcount.formats.pytorch.unpickler import MAX_PICKLE_BYTES
 
 # ------------------------------------------------------------------------------------------------ building blocks
 # A hand-written torch pickle for {"w": F32 tensor [2, 3] on storage "0"}, protocol 2, exactly as torch.save spells it.

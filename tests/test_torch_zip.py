@@ -386,7 +386,7 @@ def test_a_module_that_holds_itself_is_walked_once(tmp_path):
 def test_modules_shared_on_every_level_are_relisted_up_to_a_limit(tmp_path, monkeypatch):
     """A DAG of modules, each holding the next under two names: state_dict() would list 2**40 names. The walker lists
     modules again under each name until MAX_RELISTED members, then reports the rest once, quickly."""
-    from ckptcount.formats.pytorch import reader as torch_zip
+    from ckptcount.formats.pytorch import walker as torch_zip
 
     chain = [torch.nn.Linear(1, 1, bias=False)]
     for _ in range(40):

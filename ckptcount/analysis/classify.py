@@ -41,7 +41,7 @@ STACK = re.compile(r"(?:^|\.)(encoder|decoder|vision_model|text_model|vision_tow
 
 # (pattern on the full name, why it is a buffer). Checked before anything else, after the dtype rule.
 BUFFER_ROWS: tuple[tuple[re.Pattern, str], ...] = (
-    # training checkpoints walked by torch_zip (full paths): torch optimizer state dicts, Lightning `optimizer_states`
+    # training checkpoints walked by the pytorch walker (full paths): torch optimizer state dicts, Lightning `optimizer_states`
     (re.compile(r"^(?:optimizer|optimizers|optimizer_states|optimizer_state_dict|optim|optim_state|opt_state|lr_schedulers|scheduler)(?:\.|$)"), "optimizer state"),
     (re.compile(r"(?:^|\.)state\.\d+\.(?:exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|step|square_avg|acc_delta|sum|mu|eta|ax|prev|step_size)$"), "optimizer state"),  # torch.optim state_dict
     (re.compile(r"^(?:callbacks|loops)\."), "training state"),  # lightning .ckpt

@@ -4,7 +4,7 @@ Layout (torch/serialization.py ``_legacy_save``): pickle(MAGIC_NUMBER 0x1950a86a
 pickle(sys_info), pickle(obj) whose storages are persistent ids ``('storage', type, key, location, numel, view)``
 (and, in a whole pickled ``nn.Module``, each module class once as ``('module', class, source file, source)``),
 pickle(sorted storage keys), then per key an 8-byte element count and the storage bytes. The pickles are read with the
-same inert :class:`~ckptcount.formats.pytorch.reader.PickleMachine` as zip files, from a prefix of the file that grows (64 KiB,
+same inert :class:`~ckptcount.formats.pytorch.unpickler.PickleMachine` as zip files, from a prefix of the file that grows (64 KiB,
 doubling) until the storage-key list has been parsed; the storages themselves are never read: their sizes follow from
 the persistent ids, and the file size must equal the end of the key list plus those sizes.
 
@@ -15,21 +15,10 @@ from __future__ import annotations
 
 from ...errors import TorchFileError
 from ...records import Finding
-from .reader import (
-    ITEMSIZE,
-    Global,
-    MAX_PICKLE_BYTES,
-    Truncated,
-    TorchRead,
-    _q,
-    _storage,
-    check_storages,
-    storage_ties,
-    strided,
-    unpickle,
-    unsafe_findings,
-    walk,
-)
+from .unpickler import MAX_PICKLE_BYTES, Truncated, _storage, unpickle
+from .values import Global, _q
+from .vocabulary import ITEMSIZE
+from .walker import TorchRead, check_storages, storage_ties, strided, unsafe_findings, walk
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
