@@ -253,7 +253,7 @@ class Counts:
 
 @dataclass(frozen=True)
 class ContentCheck:
-    """What ``ckptcount.verify.run`` read and computed for two stored tensors that are, or might be, one tensor.
+    """What ``ckptcount.verify`` read and computed for two stored tensors that are, or might be, one tensor.
 
     ``orientation`` is "same", "transposed" (the second stored [d, V] against the first's [V, d]) or "structural"
     (one stored matrix: r = 1 by construction, ``stats`` describe it). ``skipped`` says why nothing was compared.

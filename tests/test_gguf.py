@@ -341,7 +341,8 @@ def _embedding_pair(path, emb: np.ndarray, head, head_type=None):
 def test_verify_ties_reads_float_gguf_tensors(tmp_path, dtype):
     """token_embd against output, read at the data section's start plus each tensor's offset (row-major: the reader
     reverses ggml's dims), against numpy; a quantized head is reported by its type, not read."""
-    from ckptcount.verify.run import local_opener, verify_report
+    from ckptcount.verify.run import verify_report
+    from ckptcount.verify.spans import local_opener
 
     rng = np.random.default_rng(1)
     emb = rng.standard_normal((V, D)).astype(dtype)

@@ -129,7 +129,8 @@ def test_only_a_cache_repo_folder_with_snapshots_and_blobs_counts(tmp_path, repo
 def test_verify_ties_reads_the_embedding_and_head_through_the_snapshot(stand_in_hub, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from ckptcount.verify.run import local_opener, verify_report
+    from ckptcount.verify.run import verify_report
+    from ckptcount.verify.spans import local_opener
 
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=131, n_positions=64, tie_word_embeddings=False)

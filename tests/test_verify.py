@@ -24,15 +24,10 @@ from safetensors.torch import load_file, save_file, save_model  # noqa: E402
 from ckptcount import audit  # noqa: E402
 from ckptcount.cli import main  # noqa: E402
 from ckptcount.records import DTYPE_BITS  # noqa: E402
-from ckptcount.verify.run import (  # noqa: E402
-    TORCH_DTYPES,
-    Located,
-    compare,
-    fp8_values,
-    local_opener,
-    resolve,
-    verify_report,
-)
+from ckptcount.verify.backends import TORCH_DTYPES, fp8_values, resolve  # noqa: E402
+from ckptcount.verify.compare import compare  # noqa: E402
+from ckptcount.verify.run import verify_report  # noqa: E402
+from ckptcount.verify.spans import Located, local_opener  # noqa: E402
 
 T = transformers
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -390,9 +385,9 @@ def test_remote_reads_exactly_the_spans(ckpts, hub, monkeypatch):
     """Over the test Hub (real HTTP, LFS redirected to a CDN origin): range requests for exactly the tensors' bytes."""
     from hubserver import load_dir
 
-    import ckptcount.verify.run as verify
+    import ckptcount.verify.spans as spans
 
-    monkeypatch.setattr(verify, "READ_CHUNK", 4096)  # several chunks per span, read in parallel
+    monkeypatch.setattr(spans, "READ_CHUNK", 4096)  # several chunks per span, read in parallel
     folder, emb, head = ckpts["transposed-near"]
     hub.add("org/transposed-near", load_dir(folder))
     report = audit("org/transposed-near")
@@ -460,12 +455,13 @@ def offset_pair(tmp_path_factory):
 def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, backend, workers, block):
     """Chunks of 1000 elements (dots in slices of 128) over 19,275 elements, blocks of a few rows, 1 or 3 threads:
     the same r, max diff, stats and identical flag as np.corrcoef in float64 over the whole tensors."""
-    import ckptcount.verify.run as verify
+    import ckptcount.verify.backends as backends
+    import ckptcount.verify.compare as comparing
 
-    monkeypatch.setattr(verify, "CHUNK", 1000)
-    monkeypatch.setattr(verify, "TORCH_CHUNK", 700)
-    monkeypatch.setattr(verify, "DOT", 128)
-    monkeypatch.setattr(verify, "COMPUTE_THREADS", 3)  # the chunk ranges of a block split over threads, merged in order
+    monkeypatch.setattr(backends, "CHUNK", 1000)
+    monkeypatch.setattr(backends, "TORCH_CHUNK", 700)
+    monkeypatch.setattr(backends, "DOT", 128)
+    monkeypatch.setattr(comparing, "COMPUTE_THREADS", 3)  # the chunk ranges of a block split over threads, merged in order
     folder, emb, head = offset_pair
     loc, opener = _locate_all(folder)
     engine = resolve("cpu", backend)
@@ -487,13 +483,13 @@ def test_many_chunks_blocks_and_threads_match_oracle(offset_pair, monkeypatch, b
 
 def test_reads_without_preadv_are_the_same(offset_pair, monkeypatch):
     """Where os.preadv is missing, os.pread fills the block instead: same bytes, same counts, same numbers."""
-    import ckptcount.verify.run as verify
+    import ckptcount.verify.spans as spans
 
     folder, emb, _ = offset_pair
     got = []
     for preadv in (True, False):
-        monkeypatch.setattr(verify, "_PREADV", preadv)
-        monkeypatch.setattr(verify, "READ_CHUNK", 1000)  # several pread calls per piece
+        monkeypatch.setattr(spans, "_PREADV", preadv)
+        monkeypatch.setattr(spans, "READ_CHUNK", 1000)  # several pread calls per piece
         loc, opener = _locate_all(folder)
         c = compare(loc["model.embed_tokens.weight"], loc["lm_head.weight"], engine=resolve("cpu", "numpy"), block_bytes=50_000)
         assert c.bytes_read == 2 * emb.nbytes == sum(f.bytes_read for f in opener.opened.values())
@@ -503,10 +499,10 @@ def test_reads_without_preadv_are_the_same(offset_pair, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_identical_copy_across_chunks_and_threads(offset_pair, monkeypatch, tmp_path, backend):
-    import ckptcount.verify.run as verify
+    import ckptcount.verify.backends as backends
 
-    monkeypatch.setattr(verify, "CHUNK", 1000)
-    monkeypatch.setattr(verify, "TORCH_CHUNK", 1000)
+    monkeypatch.setattr(backends, "CHUNK", 1000)
+    monkeypatch.setattr(backends, "TORCH_CHUNK", 1000)
     _, emb, _ = offset_pair
     folder = _write(tmp_path / "same", {"model.embed_tokens.weight": torch.from_numpy(emb),
                                        "lm_head.weight": torch.from_numpy(emb.copy())}, {"tie_word_embeddings": False})
@@ -543,7 +539,7 @@ def test_blocks_rounded_up_by_the_engine_still_fit_the_budget(tmp_path, transpos
     """torch's pinned-memory allocator rounds each block up to a power of two (on an H100, a remote comparison under
     the 64 MiB budget pinned 88 MiB). compare() sizes blocks by what the engine allocates: here a numpy engine that
     rounds the same way. The allocated blocks fit the budget, and the numbers equal those of exact-sized blocks."""
-    from ckptcount.verify.run import _Numpy
+    from ckptcount.verify.backends import _Numpy
 
     class Rounding(_Numpy):
         def __init__(self):
@@ -610,11 +606,11 @@ def test_auto_without_a_gpu_does_not_import_torch():
     """On Linux with no GPU device nodes, ``auto`` computes with numpy and never imports torch (2-3 s, ~250 MB)."""
     import subprocess
 
-    from ckptcount.verify.run import _gpu_possible
+    from ckptcount.verify.backends import _gpu_possible
 
     if _gpu_possible():
         pytest.skip("a GPU may be present: auto imports torch to ask")
-    code = "import sys; from ckptcount.verify.run import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
+    code = "import sys; from ckptcount.verify.backends import resolve; e = resolve(); print(e.name, e.torch_missing, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["numpy", "False", "False"]  # torch is installed here (not missing), and was not imported
 

@@ -1,7 +1,7 @@
 """``ckptcount diff --content``: compare the bytes of the tensors both checkpoints hold with the same shape.
 
-Only the tensors' own byte spans are read, where ``--verify-ties`` reads them (:func:`ckptcount.verify.run.opener` and
-:func:`ckptcount.verify.run.locate_tensor`: safetensors after the header, PyTorch zip storages from their stored entries,
+Only the tensors' own byte spans are read, where ``--verify-ties`` reads them (:func:`ckptcount.verify.spans.opener` and
+:func:`ckptcount.verify.spans.locate_tensor`: safetensors after the header, PyTorch zip storages from their stored entries,
 GGUF in its data section; locally or by HTTP range requests), in blocks of ``block_bytes``, and at most ``budget``
 bytes in all: a pair that would take the reads past the budget is not compared (and says so). Each side's bytes are
 hashed (sha256, reported); blocks are compared as bytes, so the first differing element is found exactly.
@@ -21,7 +21,8 @@ from dataclasses import replace
 from .compare import Content, Diff, TensorContent, alignment, natural
 from ..errors import CkptError
 from ..records import BUFFER, DTYPE_BITS, Report
-from ..verify.run import DECODABLE, Located, VerifyError, _Numpy, _read_into, locate_tensor, opener
+from ..verify.backends import DECODABLE, VerifyError, _Numpy
+from ..verify.spans import Located, _read_into, locate_tensor, opener
 
 DEFAULT_BUDGET = 1 << 30  # bytes read in all, both sides together
 BLOCK_BYTES = 8 << 20  # bytes of one side read at once
