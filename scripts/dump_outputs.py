@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = ("audit", "audit_many", "audit_iter", "load", "analyse", "diff_targets")
 RENDERERS = ("to_json", "to_jsonl", "to_table", "to_markdown")
+BASETEMP = "/tmp/ckptcount-dump-basetemp"
 
 
 def dump_cli(out: Path) -> None:
@@ -45,7 +46,8 @@ def dump_cli(out: Path) -> None:
 def dump_suite(out: Path) -> int:
     env = dict(os.environ, CKPTCOUNT_DUMP=str(out / "suite.jsonl"), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "scripts")]))
     (out / "suite.jsonl").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "dump_outputs", "-p", "no:cacheprovider"]
+    # one temporary folder name for every run: payloads that embed a tmp path (the hostile pickles) keep their length
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "dump_outputs", "-p", "no:cacheprovider", f"--basetemp={BASETEMP}"]
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
@@ -72,8 +74,6 @@ def _record(kind: str, value) -> None:
     from ckptcount.records import Report
 
     if isinstance(value, (Report, CkptError)):
-        from ckptcount.report import render as _render  # noqa: F401  (loaded for its renderer below)
-
         value = _RAW["to_json"]([value], tensors=True, layers=True)
     elif isinstance(value, list) and value and all(isinstance(v, (Report, CkptError)) for v in value):
         value = _RAW["to_json"](value, tensors=True, layers=True)
