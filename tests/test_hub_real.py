@@ -276,9 +276,9 @@ def test_production_like_tls_link(tmp_path, monkeypatch, tiny_sharded):
         report = audit("openai-community/gpt2")
         assert report.counts.parameters == 124_439_808
         # config.json, the index and the single file's 302 together; then the listing on a reused connection while
-        # the CDN connection is set up (its 50 ms put the CDN's request after the listing ended, so the log's chain
-        # counts 3 where the requests themselves depend 2 deep)
-        assert server.round_trips() == 3
+        # the CDN connection is set up. The requests depend 2 deep; the log's chain counts 3 when the CDN's 50 ms
+        # connection puts its request after the listing ended, 2 when it does not (both seen on a loaded 2-CPU runner)
+        assert server.round_trips() in (2, 3)
         single = dict(server.connections)
         server.reset_log()
         assert audit("test/tiny-sharded").counts.parameters == oracle
