@@ -93,6 +93,9 @@ def audit(
     context: int | None = None,
     batch: int = 1,
     kv_dtype: str | None = None,
+    variant: str | None = None,
+    base: str | None = None,
+    file: str | None = None,
 ) -> Report:
     """Count and classify the parameters of ``target`` from its headers alone. Raises :class:`CkptError`.
 
@@ -100,16 +103,24 @@ def audit(
     memory at the stored dtype and at ``dtype``, and the checks; see :mod:`ckptcount.analysis.preflight`). ``context``
     (tokens per sequence, ``batch`` sequences) adds the KV cache at ``kv_dtype`` (:mod:`ckptcount.analysis.kvcache`), which
     ``fits`` then includes.
+
+    A target that holds several models (a diffusers pipeline, a sentence-transformers model with its modules, a set
+    of GGUF files) or a PEFT adapter is read part by part (:mod:`ckptcount.targets.repo`): the report's ``layout``
+    holds each component's report. ``variant`` picks a pipeline's weight variant (``fp16``); ``base`` names an
+    adapter's base model (a path or a Hub repo) to measure the adapter against; ``file`` counts one file of the
+    target (one GGUF of a set).
     """
+    if file is not None:
+        target = with_file(target, file)
     with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.support.gcpause
-        checkpoint = load(target, revision=revision, token=token)
-        report = analyse(checkpoint)
+        report, listing = _read(target, revision, token, variant, base)
+    checkpoint = report.checkpoint
     if checkpoint.origin or dtype or max_size is not None or fits is not None or context is not None:
         from .analysis.preflight import preflight
 
         pf = preflight(
             checkpoint,
-            _listing(checkpoint),
+            listing if listing is not None else _listing(checkpoint),
             dtype=dtype,
             max_size=max_size,
             fits=fits,
@@ -119,10 +130,126 @@ def audit(
             batch=batch,
             kv_dtype=kv_dtype,
         )
-        from dataclasses import replace
-
-        report = replace(report, preflight=pf)
+        report = dataclasses.replace(report, preflight=pf)
     return report
+
+
+def _read(target: str, revision, token, variant, base) -> tuple[Report, dict | None]:
+    """(the report, the listing of a target read part by part): one model, or the parts of a layout."""
+    import os
+
+    from .targets import repo
+
+    if os.path.exists(target):
+        planned = repo.local_plan(target, variant)
+        if planned is None:
+            return analyse(load(target)), None
+        return parts(target, planned, lambda part: load(repo.local_part(target, part)), base, token), dict(planned.listing)
+    from .errors import NothingToCount
+
+    checkpoint = None
+    try:
+        checkpoint = load(target, revision=revision, token=token)
+    except NothingToCount as nothing:  # no one checkpoint here: a pipeline, a set of GGUF files?
+        found = _hub_plan(target, revision, token, variant)
+        if found is None:
+            raise nothing from None
+    else:
+        if not repo.wanted(checkpoint.origin.get("listing") or ()):
+            return analyse(checkpoint), None
+        try:
+            found = _hub_plan(target, revision, token, variant)
+        except CkptError:  # offline, or the listing refused: the one model read, as before
+            found = None
+        if found is None:
+            return analyse(checkpoint), None
+    planned, pinned, origin = found
+    from .targets.hub_parts import load_part
+
+    def read(part):
+        if checkpoint is not None and not part.path:
+            return checkpoint  # the root module (sentence-transformers) or the adapter: already read
+        return load_part(pinned, part, token)
+
+    return parts(target, planned, read, base, token, origin), dict(planned.listing)
+
+
+def _hub_plan(target, revision, token, variant):
+    from .targets.hub_parts import hub_plan
+
+    try:
+        return hub_plan(target, revision, token, variant)
+    except TargetNotFound:
+        return None
+
+
+def parts(target: str, planned, read, base: str | None, token: str | None, origin=None) -> Report:
+    """The report of a planned target: each part read (``read(part)`` -> Checkpoint) and analysed, then combined;
+    an adapter is one part, measured against its base."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .analysis.combine import combine
+    from .records import Component, RepoLayout
+
+    if planned.kind == "peft-adapter":
+        return _adapter(read(planned.parts[0]), planned.settings, base, token)
+    with ThreadPoolExecutor(max_workers=4 if origin else 1) as pool:  # Hub parts wait on the network: together
+        reports = list(pool.map(lambda part: analyse(read(part)), planned.parts))
+    comps = tuple(Component(p.name, p.path, p.role, p.library, p.class_name, r) for p, r in zip(planned.parts, reports))
+    layout = RepoLayout(
+        planned.kind, planned.index_file, comps, planned.not_counted, planned.variants, planned.variant,
+        planned.alternatives, pipeline_class=planned.pipeline_class,
+    )
+    if origin:
+        origin = {**origin, "requests": origin["requests"] + sum(r.checkpoint.origin.get("requests", 0) for r in reports),
+                  "bytes_received": origin["bytes_received"] + sum(r.checkpoint.origin.get("bytes_received", 0) for r in reports)}
+    return combine(target, layout, planned.findings, origin)
+
+
+def _adapter(checkpoint: Checkpoint, settings, base: str | None, token: str | None) -> Report:
+    """A PEFT adapter's report: its own counts, its settings, and with its base (``base``, or for a Hub adapter the
+    Hub repo its config names) the share of the base and the check of every adapted module against it."""
+    from .analysis import adapter
+    from .records import RepoLayout
+    from .targets.hub_target import REPO_ID
+
+    report = analyse(checkpoint)
+    named = settings.get("base_model_name_or_path")
+    base_target, base_report, unread = base, None, None
+    if base_target is None and checkpoint.origin and isinstance(named, str) and REPO_ID.match(named):
+        base_target = named  # a Hub adapter: its base on the same Hub, by headers
+    if base_target is not None:
+        try:
+            base_report = analyse(load(base_target, token=token))
+        except CkptError as e:
+            if base is not None:
+                raise  # asked for by name: its error is the answer
+            unread = str(e)
+    else:
+        unread = "a local adapter's base is read only when named: give --base PATH or a Hub repo"
+    info, findings = adapter.summarize(settings, report, base_report, base_target)
+    if base_report is None:
+        info["base"] = {"target": base_target or named, "read": False, "why": unread}
+    ck = dataclasses.replace(report.checkpoint, findings=report.checkpoint.findings + tuple(findings))
+    layout = RepoLayout("peft-adapter", "adapter_config.json", adapter=info)
+    return dataclasses.replace(report, checkpoint=ck, layout=layout)
+
+
+def with_file(target: str, file: str) -> str:
+    """``target`` narrowed to one of its files (``--file``): a plain relative name, inside the target."""
+    import os
+
+    from .errors import UnsafePath
+
+    if not file or os.path.isabs(file) or "\\" in file or any(p in ("", ".", "..") for p in file.split("/")):
+        raise UnsafePath(file, "--file takes a plain relative path inside the target")
+    if os.path.exists(target):
+        return os.path.join(target, file)
+    if target.startswith("hf://"):
+        return f"{target.rstrip('/')}/{file}"
+    if "://" in target:
+        raise TargetNotFound(target, "--file: name the file in the URL (…/resolve/<revision>/<file>) or use hf://org/name")
+    return f"hf://{target.rstrip('/')}/{file}"
 
 
 def audit_many(targets: list[str], *, jobs: int | None = None, **options) -> list[Report | CkptError]:

@@ -58,8 +58,11 @@ class Main(click.Command):
 @click.option("--context", type=click.IntRange(1), default=None, help="Preflight: add the KV cache at this many tokens per sequence (and include it in --fits).")
 @click.option("--batch", type=click.IntRange(1), default=None, help="With --context: sequences cached at once (default 1).")
 @click.option("--kv-dtype", "kv_dtype", type=click.Choice(["fp8", "bf16", "fp16", "fp32"]), default=None, help="With --context: the cache's dtype (default: --dtype, else the config's dtype; GGUF: f16).")
+@click.option("--variant", default=None, help="Diffusers pipelines: count this weight variant (fp16: diffusion_pytorch_model.fp16.safetensors...).")
+@click.option("--base", default=None, help="PEFT adapters: the base model (a path or a Hub repo) to measure the adapter against (default for Hub adapters: the repo adapter_config.json names).")
+@click.option("--file", "file", default=None, help="Count one file of each target (one GGUF of a set): a path inside the target.")
 @click.version_option(__version__, prog_name="ckptcount")
-def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None, from_file=None, jobs: int | None = None, context: int | None = None, batch: int | None = None, kv_dtype: str | None = None) -> None:
+def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict: bool, verify_ties: bool, device: str, revision: str | None = None, token: str | None = None, dtype: str | None = None, max_size: int | None = None, fits: int | None = None, from_file=None, jobs: int | None = None, context: int | None = None, batch: int | None = None, kv_dtype: str | None = None, variant: str | None = None, base: str | None = None, file: str | None = None) -> None:
     """Count a checkpoint's parameters, weights, biases and tied tensors from its headers alone.
 
     TARGETS are checkpoint files (.safetensors, .bin/.pt/.pth/.ckpt read without executing pickle, .gguf),
@@ -71,7 +74,7 @@ def main(targets: tuple[str, ...], fmt: str, layers: bool, tensors: bool, strict
 
     ckptcount diff A B compares two checkpoints (ckptcount diff --help); a local path named diff: ckptcount ./diff.
     """
-    options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits}
+    options = {"revision": revision, "token": token, "dtype": dtype, "max_size": max_size, "fits": fits, "variant": variant, "base": base, "file": file}
     options = {k: v for k, v in options.items() if v is not None}
     if context is None and (batch is not None or kv_dtype is not None):
         raise click.UsageError("--batch and --kv-dtype size the KV cache: give --context too")

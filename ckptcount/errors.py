@@ -39,6 +39,11 @@ class TargetNotFound(CkptError):
     kind = "not-found"
 
 
+class NothingToCount(TargetNotFound):
+    """A folder or repo holds no one checkpoint to count: no weight file, or several and no index to pick. The audit
+    then looks for a layout of several models (a pipeline, a set of GGUF files) before it gives up."""
+
+
 class UnsafePath(CkptError):
     """A shard, index entry or symlink points outside the checkpoint directory, or at something that is not a file."""
 

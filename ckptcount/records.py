@@ -295,3 +295,35 @@ class Report:
     verification: Verification | None = None  # set by ckptcount.verify.run.verify_report
     quantization: Mapping | None = None  # set by ckptcount.analysis.quant for quantized checkpoints (GGUF, GPTQ, AWQ...)
     moe: Mapping | None = None  # set by ckptcount.analysis.moe for mixture-of-experts models: total vs active per token
+    layout: "RepoLayout | None" = None  # a target that holds several models or an adapter: ckptcount.analysis.combine
+
+
+@dataclass(frozen=True)
+class Component:
+    """One model of a target that holds several (a pipeline's ``unet``, a sentence-transformers module, one GGUF file
+    of a set), with its own full report."""
+
+    name: str  # the pipeline's component name, the module's folder ("" for the root module), the file name
+    path: str  # what was counted, relative to the target: a folder or a weight file (or index)
+    role: str  # "pipeline-component" | "module" | "quantization"
+    library: str | None  # what the layout's index says loads it: "diffusers", "transformers", "sentence_transformers"
+    class_name: str | None
+    report: Report
+
+
+@dataclass(frozen=True)
+class RepoLayout:
+    """How a target that is not one model was read: its kind, its components, and what was not counted and why.
+
+    ``alternatives``: the components are the same model stored several ways (GGUF quantizations): never summed.
+    ``adapter``: a PEFT adapter's settings, its parameters' share of the base, and the check against the base."""
+
+    kind: str  # "diffusers-pipeline" | "sentence-transformers" | "peft-adapter" | "gguf-set"
+    index_file: str | None  # model_index.json, modules.json, adapter_config.json
+    components: tuple[Component, ...] = ()
+    not_counted: tuple[tuple[str, str], ...] = ()  # (name, why): a tokenizer, a scheduler, a module without weights
+    variants: tuple[tuple[str, str, int, int], ...] = ()  # (component, variant, files, bytes) present but not counted
+    variant: str | None = None  # the variant counted (--variant), None for the plain files
+    alternatives: bool = False
+    adapter: Mapping | None = None
+    pipeline_class: str | None = None  # model_index.json's _class_name

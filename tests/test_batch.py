@@ -41,7 +41,7 @@ def batch(tmp_path, monkeypatch):
 
 def _lines(stdout: str) -> list[dict]:
     out = [json.loads(line) for line in stdout.splitlines()]
-    assert all(isinstance(o, dict) and o["schema_version"] == 2 for o in out)
+    assert all(isinstance(o, dict) and o["schema_version"] == 3 for o in out)
     return out
 
 
@@ -56,7 +56,7 @@ def test_jsonl_one_object_per_target_and_a_failing_target_does_not_stop_the_othe
     for name, params in PARAMS.items():
         assert by[name]["parameters"] == params
     assert by["header-len-2pow63.safetensors"] == {
-        "schema_version": 2, "position": 2, "target": "header-len-2pow63.safetensors", "error": BAD[len("Error: "):], "error_kind": "invalid-header",
+        "schema_version": 3, "position": 2, "target": "header-len-2pow63.safetensors", "error": BAD[len("Error: "):], "error_kind": "invalid-header",
     }
 
 

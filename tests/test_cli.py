@@ -39,7 +39,7 @@ def test_side_by_side(fixtures_dir):
 def test_json_contract(fixtures_dir):
     r = run(fixtures_dir / "gpt2", "--format", "json", "--tensors", "--layers")
     assert r.exit_code == 0 and r.stderr == ""
-    assert r.stdout.lstrip().startswith('{\n  "schema_version": 2')
+    assert r.stdout.lstrip().startswith('{\n  "schema_version": 3')
     doc = json.loads(r.stdout)
     (t,) = doc["targets"]
     for key in ("target", "files", "parameters", "stored_elements", "buffer_elements", "weights", "biases", "by_component", "by_dtype", "ties"):

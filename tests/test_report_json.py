@@ -35,5 +35,5 @@ def test_real_reports_are_written_as_json_dumps_writes_them():
     for name in ("gpt2", "gpt2-medium"):
         report = audit(str(FIXTURES / name))
         for options in ({}, {"tensors": True, "layers": True}):
-            doc = {"schema_version": 2, "targets": [target_dict(report, **options)]}
+            doc = {"schema_version": 3, "targets": [target_dict(report, **options)]}
             assert to_json([report], **options) == json.dumps(doc, indent=2, ensure_ascii=False)

@@ -54,6 +54,13 @@ def auxiliary(name: str) -> bool:
 
 
 SHARD_PATTERN = re.compile(r".*-\d{5}-of-\d{5}\.[A-Za-z0-9]+$")
+# diffusers names a variant's index after the plain one: diffusion_pytorch_model.safetensors.index.fp16.json
+VARIANT_INDEX = re.compile(r"\.(?:safetensors|bin)\.index\.[A-Za-z0-9_-]+\.json$")
+
+
+def is_index(name: str) -> bool:
+    """A sharded set's index (``model.safetensors.index.json``), or a variant's (``….index.fp16.json``)."""
+    return name.endswith(".index.json") or bool(VARIANT_INDEX.search(name))
 
 
 def format_of(name: str) -> str | None:

@@ -13,8 +13,9 @@ import re
 from ..errors import CkptError
 from ..records import COMPONENTS, Report
 from ..sources.files import CACHE_REPO_PREFIX
+from . import layout
 
-SCHEMA_VERSION = 2  # 2: preflight.kv_cache (with --context)
+SCHEMA_VERSION = 3  # 2: preflight.kv_cache (with --context); 3: layout and components (pipelines, adapters, sets)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -81,6 +82,10 @@ def target_dict(report: Report, *, tensors: bool = False, layers: bool = False) 
         d["moe"] = report.moe
     if report.verification is not None:
         _verification(d, report)
+    if report.layout is not None:  # several models, or an adapter: ckptcount.report.layout
+        d = layout.with_layout(d, report, target_dict, tensors=tensors, layers=layers)
+        if report.layout.alternatives:
+            return d
     if layers:
         d["by_layer"] = {k: {"tensors": v.tensors, "elements": v.elements} for k, v in c.by_layer.items()}
     if tensors:
@@ -233,7 +238,7 @@ def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
     if len(ck.files) > 3:
         files = f"{len(ck.files)} files" + (" (header only)" if all(f.header_only for f in ck.files) else "")
     buffers = ", ".join(f"{b.tensors} {b.reason}" for b in c.buffers) or "none"
-    out = [
+    out = layout.rows(report, _n) + [
         ("files", files),
         ("parameters", _n(c.parameters)),
         ("stored elements", _n(c.stored_elements)),
@@ -271,7 +276,8 @@ def _claimed_parameters(ck) -> int | None:
 def notes(report: Report) -> list[str]:
     """Lines under the table: each tie's evidence, each finding, and an index that claims another count."""
     label = _label(report.checkpoint.target)
-    out = [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
+    out = layout.notes(report, safe(label), safe, _n)
+    out += [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
     claimed = _claimed_parameters(report.checkpoint)
     if claimed is not None and claimed != report.counts.parameters:
         out.append(
@@ -299,12 +305,13 @@ def _grid(results: list[Report | CkptError], layers: bool) -> tuple[list[str], l
     for r in results:
         if isinstance(r, CkptError):
             continue
-        labels.append(safe(_label(r.checkpoint.target)))
-        col = dict(rows(r, layers=layers))
-        columns.append(col)
-        for k in col:
-            if k not in order:
-                order.append(k)
+        for label, part in layout.columns(r, safe(_label(r.checkpoint.target))):
+            labels.append(label)
+            col = dict(rows(part, layers=layers))
+            columns.append(col)
+            for k in col:
+                if k not in order:
+                    order.append(k)
     return labels, order, columns
 
 

@@ -44,7 +44,7 @@ from urllib.parse import quote
 
 from ..analysis.config import parse_config
 from ..errors import CkptError, ReadError, TargetNotFound, UnsafePath
-from ..formats.base import LAYOUTS
+from ..formats.base import LAYOUTS, is_index
 from ..formats.dispatch import read_file
 from ..records import Checkpoint, Finding
 from ..sources.files import entries, inside, ref_commit
@@ -163,7 +163,7 @@ class _Hub:
         try:
             config = join(self.folder, "config.json", self.target)
             probes: dict = {config: pool.submit(self.small, config, self.rev, MAX_CONFIG_BYTES)}
-            if t.is_file and not t.path.endswith(".index.json"):
+            if t.is_file and not is_index(t.path):
                 # A named weight file: the listing (does it exist, what is next to it), config.json and its first
                 # block, all at once.
                 listing = pool.submit(self.listing)
@@ -248,7 +248,7 @@ class _Hub:
             name = t.path.rsplit("/", 1)[-1]
             if name not in here:
                 raise TargetNotFound(self.where(t.path), f"no such file at {self.rev}")
-            return (name, [], []) if name.endswith(".index.json") else (None, [name], [])
+            return (name, [], []) if is_index(name) else (None, [name], [])
         under = folders(files, prefix)
         if not here and not under:
             raise TargetNotFound(self.target, f"no files under {self.folder!r}" if self.folder else "the repository holds no files")
@@ -388,7 +388,7 @@ class _Hub:
         index_meta: dict = {}
         if self.t.is_file:
             name = self.t.path.rsplit("/", 1)[-1]
-            index, names = (name, []) if name.endswith(".index.json") else (None, [name])
+            index, names = (name, []) if is_index(name) else (None, [name])
         else:
             _, index, names, findings = choose(set(here), self.target, folders(files, prefix))
         if index is not None:

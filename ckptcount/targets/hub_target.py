@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import TargetNotFound, UnsafePath
-from ..formats.base import format_of
+from ..formats.base import format_of, is_index
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 HUB_HOSTS = frozenset({"huggingface.co", "hf.co", "www.huggingface.co"})
@@ -71,7 +71,7 @@ def is_hub_target(target: str) -> bool:
 def names_file(path: str) -> bool:
     """Whether a path inside a repo names a file the readers know (a weight file or an index), not a folder."""
     name = path.rsplit("/", 1)[-1]
-    return bool(name) and (format_of(name) is not None or name.endswith(".index.json"))
+    return bool(name) and (format_of(name) is not None or is_index(name))
 
 
 def parse_target(target: str, revision: str | None = None) -> HubTarget:

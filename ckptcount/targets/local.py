@@ -14,8 +14,8 @@ from types import MappingProxyType
 
 from ..support import fastjson
 from ..analysis.config import parse_config
-from ..errors import ConfigError, ShardIndexError, TargetNotFound
-from ..formats.base import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of
+from ..errors import ConfigError, NothingToCount, ShardIndexError, TargetNotFound
+from ..formats.base import LAYOUTS, SHARD_PATTERN, FileRead, Layout, auxiliary, format_of, is_index
 from ..formats.dispatch import read_file
 from ..formats.gguf import split_findings, split_names
 from ..records import Checkpoint, Finding, TensorRecord
@@ -205,7 +205,7 @@ def choose(names: set[str], where: str, folders: list[str] = ()) -> tuple[Layout
         elif of_format and chosen is not None:  # another format was already chosen: only say these are ignored
             pick = (layout, None, of_format)
         elif of_format:
-            raise TargetNotFound(where, f"{len(of_format)} {layout.suffix} files and no index; name one: {', '.join(of_format[:5])}")
+            raise NothingToCount(where, f"{len(of_format)} {layout.suffix} files and no index; name one: {', '.join(of_format[:5])}")
         else:
             continue
         if chosen is None:
@@ -214,7 +214,7 @@ def choose(names: set[str], where: str, folders: list[str] = ()) -> tuple[Layout
             findings.append(Finding("ignored-format", f"also holds {layout.format} files ({len(of_format) or 1}): not counted"))
     if chosen is None:
         others = (sorted(names) + sorted(f"{f}/" for f in folders))[:8]
-        raise TargetNotFound(where, f"no checkpoint file here (holds: {', '.join(others) or 'nothing'})")
+        raise NothingToCount(where, f"no checkpoint file here (holds: {', '.join(others) or 'nothing'})")
     return chosen[0], chosen[1], chosen[2], findings
 
 
@@ -235,7 +235,7 @@ def load_local(target: str) -> Checkpoint:
         held = entries(path, target)
         files = {p.name for p in held if p.is_file()}
         _, index, names, findings = choose(files, target, [p.name for p in held if p.name not in files and p.is_dir()])
-    elif path.name.endswith(".index.json"):
+    elif is_index(path.name):
         index, names = path.name, []
     else:
         names = [path.name]
