@@ -320,9 +320,12 @@ def diff_targets(
     from .diff.compare import compare
 
     ra, rb = audit_many([a, b], revision=revision, token=token)
-    for r in (ra, rb):
+    for t, r in ((a, ra), (b, rb)):
         if isinstance(r, CkptError):
             raise r
+        if r.layout is not None and r.layout.alternatives:  # several models, never summed: nothing one to compare
+            names = ", ".join(c.name for c in r.layout.components[:4])
+            raise TargetNotFound(t, f"holds {len(r.layout.components)} GGUF files ({names}): name one to compare ({t.rstrip('/')}/{r.layout.components[0].name})")
     d = compare(ra, rb, ignore=frozenset(ignore))
     if content:
         from .diff.content import DEFAULT_BUDGET, compare_content

@@ -107,6 +107,9 @@ def test_pipeline_counts_each_component_like_the_instantiated_modules(made, wher
     assert set(fp16) == set(oracle["components"])
     assert fp16["unet"] == (1, (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").stat().st_size)
     assert all(c.report.checkpoint.files[0].path.endswith(("diffusion_pytorch_model.safetensors", "model.safetensors")) for c in report.layout.components)
+    if hasattr(where, "server"):  # range requests only (these files are smaller than one first block: read whole)
+        weights = [r for r in where.server.requests() if r.path.endswith(".safetensors")]
+        assert len({r.path.rsplit("/", 2)[-2] for r in weights if r.status == 206}) == 3 and all(r.range for r in weights)
 
 
 def test_variant_picks_the_fp16_files(made, where):
@@ -243,6 +246,8 @@ def test_gguf_set_of_different_models_has_no_common_count(made):
     assert {c["component"]: c["parameters"] for c in t["components"]} == {n: o["parameters"] for n, o in oracle.items()}
     table = CliRunner().invoke(main, [str(folder)]).stdout
     assert "do not hold the same model" in table and "(total)" not in table
+    r = CliRunner().invoke(main, ["diff", str(folder), str(folder)])
+    assert r.exit_code == 2 and "holds 2 GGUF files" in r.stderr and "Traceback" not in r.output
 
 
 # ------------------------------------------------------------------------------------------------ the plan, pure
