@@ -143,6 +143,15 @@ def test_pipeline_json_and_table(made):
     assert f"{oracle['total']:,}" in table and "not counted: scheduler" in table and "--variant" in table
 
 
+def test_the_bundled_pipeline_fixture_is_the_libraries_pipeline(made):
+    """fixtures/sd-tiny (scripts/make_layout_fixtures.py: the same pipeline, each file cut to its header) counts as
+    the instantiated modules do."""
+    _need(made, "sd")
+    _, oracle = made["sd"]
+    report = audit(str(Path(__file__).resolve().parent.parent / "fixtures" / "sd-tiny"))
+    assert _components(report) == oracle["components"] and all(f.header_only for f in report.checkpoint.files)
+
+
 def test_component_folder_that_leaves_the_pipeline_is_refused(made, tmp_path):
     _need(made, "sd")
     folder = tmp_path / "sd"

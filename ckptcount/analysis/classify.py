@@ -64,8 +64,8 @@ BUFFER_ROWS: tuple[tuple[re.Pattern, str], ...] = (
 COMPONENT_ROWS: tuple[tuple[re.Pattern, str], ...] = (
     # token embedding: gpt2/neo/j `wte`, llama/mistral/qwen2 `embed_tokens`, bert/roberta `word_embeddings`,
     # t5 `shared`, neox `embed_in`, meta-llama `tok_embeddings`, gguf `token_embd`, mamba `embeddings`,
-    # openai-gpt `tokens_embed`, xlnet `word_embedding`
-    (re.compile(r"(?:^|\.)(?:wte|embed_tokens|word_embeddings|shared|embed_in|tok_embeddings|token_embd|embeddings|tokens_embed|word_embedding)$"), TOKEN_EMBEDDING),
+    # openai-gpt `tokens_embed`, xlnet `word_embedding`, clip `token_embedding`
+    (re.compile(r"(?:^|\.)(?:wte|embed_tokens|word_embeddings|shared|embed_in|tok_embeddings|token_embd|embeddings|tokens_embed|word_embedding|token_embedding)$"), TOKEN_EMBEDDING),
     # position embedding: gpt2/neo `wpe`, bert `position_embeddings`, opt/bart `embed_positions`, openai-gpt `positions_embed`
     (re.compile(r"(?:^|\.)(?:wpe|position_embeddings|embed_positions|position_embedding|positions_embed)$"), POSITION_EMBEDDING),
     # other embedding tables: bert `token_type_embeddings`, t5 `relative_attention_bias`

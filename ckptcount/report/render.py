@@ -235,7 +235,7 @@ def rows(report: Report, *, layers: bool = False) -> list[tuple[str, str]]:
     """(label, value) rows for one target; the table and Markdown renderers line these up side by side."""
     ck, c = report.checkpoint, report.counts
     files = ", ".join(safe(f.path) + (" (header only)" if f.header_only else "") for f in ck.files)
-    if len(ck.files) > 3:
+    if len(ck.files) > 3 or (report.layout is not None and len(report.layout.components) > 1 and not report.layout.alternatives):
         files = f"{len(ck.files)} files" + (" (header only)" if all(f.header_only for f in ck.files) else "")
     buffers = ", ".join(f"{b.tensors} {b.reason}" for b in c.buffers) or "none"
     out = layout.rows(report, _n) + [
