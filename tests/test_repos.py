@@ -273,6 +273,11 @@ def test_weight_names_of_variants_and_shards():
     assert pick_weights(files, "fp16") == ("diffusion_pytorch_model.safetensors.index.fp16.json", {"plain": (2, 150), "non_ema": (1, 999)}, False)
     assert pick_weights({"model.safetensors": 5}, "fp16") == ("model.safetensors", {}, True)
     assert pick_weights({"config.json": 5}, None) == (None, {}, False)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": 1, "diffusion_pytorch_model-00002-of-00002.safetensors": 1}
+    p = plan({"model_index.json": 1, "unet/model.safetensors": 1, **{f"vae/{n}": s for n, s in shards.items()}},
+             lambda name: {"unet": ["diffusers", "U"], "vae": ["diffusers", "AutoencoderKL"]}, "repo")
+    assert [x.name for x in p.parts] == ["unet"] and dict(p.not_counted)["vae"] == "AutoencoderKL (diffusers): no index for its shards"
+    assert p.findings[0].kind == "not-counted"  # a part of the pipeline is left out: said, and --strict fails
 
 
 def test_names_from_the_layout_files_stay_inside():

@@ -133,7 +133,9 @@ def _pipeline(listing, index, where: str, variant: str | None) -> Plan:
         chosen, others, missing = pick_weights(files, variant)
         what = f"{cls} ({library})" if cls and library else (cls or "not set")
         if chosen is None:
-            not_counted.append((name, f"{what}: no weights" if files or cls else "not set in model_index.json"))
+            if others:  # weight files, but none this plan can read alone (shards without their index)
+                findings.append(Finding("not-counted", f"{name}: {sum(k for k, _ in others.values())} weight files and no index or single file: not counted"))
+            not_counted.append((name, f"{what}: no weights" if not others and (files or cls) else f"{what}: no index for its shards" if others else "not set in model_index.json"))
             continue
         if missing:
             findings.append(Finding("variant-missing", f"{name} has no {variant} variant: its plain files are counted"))
