@@ -114,6 +114,7 @@ def audit(
         target = with_file(target, file)
     with gc_paused():  # hundreds of thousands of acyclic records: see ckptcount.support.gcpause
         report, listing = _read(target, revision, token, variant, base)
+    report = _unused(report, variant, base)
     checkpoint = report.checkpoint
     if checkpoint.origin or dtype or max_size is not None or fits is not None or context is not None:
         from .analysis.preflight import preflight
@@ -147,18 +148,21 @@ def _read(target: str, revision, token, variant, base) -> tuple[Report, dict | N
         return parts(target, planned, lambda part: load(repo.local_part(target, part)), base, token), dict(planned.listing)
     from .errors import NothingToCount
 
-    checkpoint = None
+    checkpoint, spent = None, (0, 0)  # spent: the requests and bytes of a first read that is not one of the parts
     try:
         checkpoint = load(target, revision=revision, token=token)
     except NothingToCount as nothing:  # no one checkpoint here: a pipeline, a set of GGUF files?
-        found = _hub_plan(target, revision, token, variant)
+        found = _hub_plan(target, revision, token, variant, nothing.seen)
         if found is None:
             raise nothing from None
+        spent = nothing.spent
     else:
         if not repo.wanted(checkpoint.origin.get("listing") or ()):
             return analyse(checkpoint), None
+        origin = checkpoint.origin
+        seen = (origin["sha"], origin["repo_files"]) if origin.get("repo_files") is not None else None
         try:
-            found = _hub_plan(target, revision, token, variant)
+            found = _hub_plan(target, revision, token, variant, seen)
         except CkptError:  # offline, or the listing refused: the one model read, as before
             found = None
         if found is None:
@@ -166,19 +170,40 @@ def _read(target: str, revision, token, variant, base) -> tuple[Report, dict | N
     planned, pinned, origin = found
     from .targets.hub_parts import load_part
 
+    if checkpoint is not None and all(p.path and [f.path for f in checkpoint.files] != [p.path] for p in planned.parts):  # read, not a part: its requests still count
+        spent = (checkpoint.origin.get("requests", 0), checkpoint.origin.get("bytes_received", 0))
+    origin = {**origin, "requests": origin["requests"] + spent[0], "bytes_received": origin["bytes_received"] + spent[1]}
+
     def read(part):
-        if checkpoint is not None and not part.path:
+        if checkpoint is not None and (not part.path or [f.path for f in checkpoint.files] == [part.path]):
             return checkpoint  # the root module (sentence-transformers) or the adapter: already read
-        return load_part(pinned, part, token)
+        return load_part(pinned, part, token, planned.listing)
 
     return parts(target, planned, read, base, token, origin), dict(planned.listing)
 
 
-def _hub_plan(target, revision, token, variant):
+def _unused(report: Report, variant: str | None, base: str | None) -> Report:
+    """``--variant`` given for what is not a diffusers pipeline, or ``--base`` for what is not an adapter: a finding
+    saying it was not used (exit 4 under ``--strict``), never silence."""
+    from .records import Finding
+
+    kind = report.layout.kind if report.layout is not None else None
+    said = []
+    if variant is not None and kind != "diffusers-pipeline":
+        said.append(Finding("option-unused", f"--variant {variant}: applies to a diffusers pipeline (model_index.json), which this is not; not used"))
+    if base is not None and kind != "peft-adapter":
+        said.append(Finding("option-unused", f"--base {base}: applies to a PEFT adapter (adapter_config.json), which this is not; not used"))
+    if not said:
+        return report
+    ck = report.checkpoint
+    return dataclasses.replace(report, checkpoint=dataclasses.replace(ck, findings=ck.findings + tuple(said)))
+
+
+def _hub_plan(target, revision, token, variant, seen=None):
     from .targets.hub_parts import hub_plan
 
     try:
-        return hub_plan(target, revision, token, variant)
+        return hub_plan(target, revision, token, variant, seen)
     except TargetNotFound:
         return None
 
@@ -192,7 +217,8 @@ def parts(target: str, planned, read, base: str | None, token: str | None, origi
     from .records import Component, RepoLayout
 
     if planned.kind == "peft-adapter":
-        return _adapter(read(planned.parts[0]), planned.settings, base, token)
+        adapter = dataclasses.replace(read(planned.parts[0]), target=target)
+        return _adapter(adapter, planned.settings, base, token, origin, planned.findings)
     with ThreadPoolExecutor(max_workers=4 if origin else 1) as pool:  # Hub parts wait on the network: together
         reports = list(pool.map(lambda part: analyse(read(part)), planned.parts))
     comps = tuple(Component(p.name, p.path, p.role, p.library, p.class_name, r) for p, r in zip(planned.parts, reports))
@@ -206,16 +232,17 @@ def parts(target: str, planned, read, base: str | None, token: str | None, origi
     return combine(target, layout, planned.findings, origin)
 
 
-def _adapter(checkpoint: Checkpoint, settings, base: str | None, token: str | None) -> Report:
+def _adapter(checkpoint: Checkpoint, settings, base: str | None, token: str | None, plan_origin=None, noted=()) -> Report:
     """A PEFT adapter's report: its own counts, its settings, and with its base (``base``, or for a Hub adapter the
-    Hub repo its config names) the share of the base and the check of every adapted module against it."""
+    Hub repo its config names) the share of the base and the check of every adapted module against it. A Hub
+    adapter's ``requests`` and ``bytes_received`` are the whole audit's: the adapter, its plan and its base."""
     from .analysis import adapter
     from .records import RepoLayout
     from .targets.hub_target import REPO_ID
 
     report = analyse(checkpoint)
     named = settings.get("base_model_name_or_path")
-    base_target, base_report, unread = base, None, None
+    base_target, base_report, unread, base_spent = base, None, None, (0, 0)
     if base_target is None and checkpoint.origin and isinstance(named, str) and REPO_ID.match(named):
         base_target = named  # a Hub adapter: its base on the same Hub, by headers
     if base_target is not None:
@@ -224,13 +251,22 @@ def _adapter(checkpoint: Checkpoint, settings, base: str | None, token: str | No
         except CkptError as e:
             if base is not None:
                 raise  # asked for by name: its error is the answer
-            unread = str(e)
+            unread, base_spent = str(e), e.spent
     else:
         unread = "a local adapter's base is read only when named: give --base PATH or a Hub repo"
     info, findings = adapter.summarize(settings, report, base_report, base_target)
     if base_report is None:
         info["base"] = {"target": base_target or named, "read": False, "why": unread}
-    ck = dataclasses.replace(report.checkpoint, findings=report.checkpoint.findings + tuple(findings))
+    ck = dataclasses.replace(report.checkpoint, findings=report.checkpoint.findings + tuple(noted) + tuple(findings))
+    if ck.origin:
+        from types import MappingProxyType
+
+        spent = [o for o in (plan_origin, base_report.checkpoint.origin if base_report else None) if o]
+        ck = dataclasses.replace(ck, origin=MappingProxyType({
+            **ck.origin,
+            "requests": ck.origin.get("requests", 0) + sum(o.get("requests", 0) for o in spent) + base_spent[0],
+            "bytes_received": ck.origin.get("bytes_received", 0) + sum(o.get("bytes_received", 0) for o in spent) + base_spent[1],
+        }))
     layout = RepoLayout("peft-adapter", "adapter_config.json", adapter=info)
     return dataclasses.replace(report, checkpoint=ck, layout=layout)
 

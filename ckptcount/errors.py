@@ -18,6 +18,11 @@ class CkptError(Exception):
 
     exit_code = EXIT_INVALID
     kind = "error"
+    # Set by a Hub read that ends in this error: the (requests, bytes received) it made, so that an audit that goes
+    # on (a layout's plan, an adapter whose base could not be read) still totals them; and the (commit, listing) it
+    # fetched, if any, so that a plan does not fetch it again.
+    spent: tuple[int, int] = (0, 0)
+    seen: tuple[str, dict] | None = None
 
     def __init__(self, where: str, what: str):
         # Paths and names come from untrusted files (index entries, directory listings): escape control characters
@@ -41,7 +46,8 @@ class TargetNotFound(CkptError):
 
 class NothingToCount(TargetNotFound):
     """A folder or repo holds no one checkpoint to count: no weight file, or several and no index to pick. The audit
-    then looks for a layout of several models (a pipeline, a set of GGUF files) before it gives up."""
+    then looks for a layout of several models (a pipeline, a set of GGUF files) before it gives up (using the
+    error's ``seen`` listing, when the Hub read fetched one)."""
 
 
 class UnsafePath(CkptError):

@@ -39,7 +39,7 @@ def diffusers_pipeline(folder: Path, *, fp16: bool = True) -> dict:
     (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(),
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
@@ -49,11 +49,18 @@ def diffusers_pipeline(folder: Path, *, fp16: bool = True) -> dict:
     return {"components": components, "total": sum(components.values()), "non_weight": ["scheduler", "tokenizer"]}
 
 
-def sentence_transformer(folder: Path) -> dict:
+def sentence_transformer(folder: Path, *, max_shard_size: str | None = None) -> dict:
     """A SentenceTransformer of a tiny BERT, Pooling, Dense(16 -> 8) and Normalize, saved by ``model.save``: the
-    transformer's weights at the root, ``2_Dense/model.safetensors``, and two modules without weights."""
+    transformer's weights at the root, ``2_Dense/model.safetensors``, and two modules without weights. With
+    ``max_shard_size`` the root module is written sharded (``model.safetensors.index.json``), as the large embedding
+    models on the Hub are (their transformer's own ``save_pretrained``, as the module's ``save`` calls it)."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # older sentence-transformers keep them in sentence_transformers.models
+        from sentence_transformers import models
     from transformers import BertConfig, BertModel, BertTokenizer
 
     torch.manual_seed(0)
@@ -65,6 +72,9 @@ def sentence_transformer(folder: Path) -> dict:
     transformer, dense = models.Transformer(str(bert_dir)), models.Dense(16, 8)
     model = SentenceTransformer(modules=[transformer, models.Pooling(16), dense, models.Normalize()])
     model.save(str(folder))
+    if max_shard_size is not None:
+        (folder / "model.safetensors").unlink()
+        transformer.model.save_pretrained(folder, max_shard_size=max_shard_size)
     return {"modules": {"": params(transformer), "2_Dense": params(dense)}, "total": params(model), "non_weight": ["1_Pooling", "3_Normalize"]}
 
 

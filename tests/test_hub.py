@@ -107,8 +107,9 @@ def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     assert report.counts.parameters == oracle
     assert _comparable(report) == _comparable(audit(str(folder)))
     assert [f.bytes_read for f in report.checkpoint.files] == [min(len(files[s]), FIRST_BLOCK) for s in shards]
-    # config + index + the single-file probe (a 404 here), then per shard its 302 and CDN 206; no listing.
-    assert len(hub.requests("hub")) == 3 + len(shards)
+    # config + index + the single-file probe (a 404 here), then per shard its 302 and CDN 206, and beside them the
+    # modules.json probe (a 404: not a sentence-transformers model); no listing.
+    assert len(hub.requests("hub")) == 4 + len(shards)
     assert len(hub.requests("cdn")) == len(shards)
     assert hub.requests("hub", "^/api/") == []
     assert hub.round_trips() == 3
@@ -116,10 +117,12 @@ def test_sharded_checkpoint_written_by_transformers(hub, tiny_sharded):
     assert report.preflight.download_bytes == sum(len(files[s]) for s in shards)
 
 
-def test_sharded_repo_costs_shards_plus_three_requests(hub, tiny_sharded, monkeypatch):
-    """Issue 7 asks for shards + at most 2; this is shards + 3 (docs/hub.md says why: the single-file probe that keeps
-    single-file repos at two round trips). Served without the CDN redirect, a sharded repo costs exactly config.json,
-    the index, the single file's 404 and one request per shard: the commit comes from the index's X-Repo-Commit, the
+def test_sharded_repo_costs_shards_plus_four_requests(hub, tiny_sharded, monkeypatch):
+    """Issue 7 asks for shards + at most 2; this is shards + 4 (docs/hub.md says why: the single-file probe that keeps
+    single-file repos at two round trips, and the modules.json probe that keeps a sentence-transformers model with a
+    sharded root from being counted without its modules). Served without the CDN redirect, a sharded repo costs
+    exactly config.json, the index, the single file's 404, one request per shard and, beside the shards, the
+    modules.json 404: the commit comes from the index's X-Repo-Commit, the
     sizes from Content-Range; the second audit of the branch, of the sha and offline behave as for any repo."""
     folder, oracle = tiny_sharded
     files = load_dir(folder)
@@ -131,13 +134,13 @@ def test_sharded_repo_costs_shards_plus_three_requests(hub, tiny_sharded, monkey
     assert report.counts.parameters == oracle
     assert _comparable(report) == _comparable(audit(str(folder)))
     log = hub.settled()
-    assert len(log) == report.checkpoint.origin["requests"] == len(shards) + 3
+    assert len(log) == report.checkpoint.origin["requests"] == len(shards) + 4
     assert sorted(r.path for r in log) == sorted(
         ["/test/tiny-sharded/resolve/main/config.json", "/test/tiny-sharded/resolve/main/model.safetensors.index.json",
-         "/test/tiny-sharded/resolve/main/model.safetensors"]
+         "/test/tiny-sharded/resolve/main/model.safetensors", f"/test/tiny-sharded/resolve/{repo.sha}/modules.json"]
         + [f"/test/tiny-sharded/resolve/{repo.sha}/{s}" for s in shards]
     )
-    assert hub.round_trips() == 2  # config + index together, then every shard together
+    assert hub.round_trips() == 2  # config + index together, then every shard (and modules.json) together
     assert report.checkpoint.origin["sha"] == repo.sha
     assert [f.size for f in report.checkpoint.files] == [len(files[s]) for s in shards]  # from Content-Range
     sizes = sum(len(files[s]) for s in shards)

@@ -86,7 +86,7 @@ def test_shard_headers_across_the_first_block_same_requests_and_counts(server):
             assert ranges == [f"bytes=0-{FIRST_BLOCK - 1}", f"bytes={FIRST_BLOCK}-{8 + n - 1}"], name
         assert len(server.requests("hub", name + "$")) == 1  # one redirect per shard, later reads go to the CDN
     # config.json (404), the index and the single-file probe (404), then per shard its 302 and its CDN reads (no listing)
-    assert len(server.settled()) == 3 + len(headers) + len(cdn)
+    assert len(server.settled()) == 4 + len(headers) + len(cdn)  # config, index, single-file probe, modules.json probe
     assert report.checkpoint.origin["requests"] == len(server.settled())
 
 

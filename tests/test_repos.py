@@ -31,11 +31,17 @@ def made(tmp_path_factory):
         out["sd"] = (root / "sd-tiny", L.diffusers_pipeline(root / "sd-tiny"))
     if _has("sentence_transformers"):
         out["st"] = (root / "st-model", L.sentence_transformer(root / "st-model"))
+        out["st-sharded"] = (root / "st-sharded", L.sentence_transformer(root / "st-sharded", max_shard_size="5KB"))
     if _has("peft"):
         out["lora"] = (root / "lora", L.peft_adapter(root / "lora", root / "base", dora=True, modules_to_save=["lm_head"]))
         out["base"] = (root / "base", None)
         L.tiny_llama(root / "other-base", hidden=48)  # a base the adapter does not fit
         out["other-base"] = (root / "other-base", None)
+        merged = root / "lora-beside-model"  # the adapter pushed together with a full model's files
+        shutil.copytree(root / "lora", merged)
+        for f in (root / "base").iterdir():
+            shutil.copy(f, merged / f.name)
+        out["lora-beside-model"] = (merged, out["lora"][1])
         out["ia3"] = (root / "ia3", L.peft_adapter(root / "ia3", root / "ia3-base", "ia3"))
         out["loha"] = (root / "loha", L.peft_adapter(root / "loha", root / "loha-base", "loha"))
     if _has("gguf"):
@@ -177,6 +183,22 @@ def test_sentence_transformers_counts_every_module_with_weights(made, where):
     assert {f.path for f in report.checkpoint.files} == {"model.safetensors", "2_Dense/model.safetensors"}
 
 
+def test_sentence_transformers_with_a_sharded_root_module_is_not_cut_to_it(made, where):
+    """A sharded root is read from its index without the repo listing (docs/hub.md): the modules.json probe made
+    beside the shard headers is what tells the audit to plan the modules, so 2_Dense is counted, first time and from
+    the header cache."""
+    folder, oracle = _need(made, "st-sharded")
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
+    target = where("st-sharded")
+    for _ in range(2):
+        report = audit(target)
+        assert report.layout is not None and report.layout.kind == "sentence-transformers"
+        assert _components(report) == oracle["modules"]
+        assert report.counts.parameters == oracle["total"]
+    if hasattr(where, "server"):
+        assert where.server.requests("hub", "/modules.json$")
+
+
 # ------------------------------------------------------------------------------------------------ PEFT adapters
 
 
@@ -193,6 +215,23 @@ def test_lora_adapter_settings_and_count_without_its_base(made):
     roles = a["tensors_by_role"]
     assert set(roles) == {"lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save"}
     assert roles["modules_to_save"]["elements"] == 128 * 32  # the trained copy of lm_head
+
+
+def test_an_adapter_beside_a_full_model_counts_the_adapter_and_says_the_model(made, where):
+    """adapter_model.safetensors next to model.safetensors: the adapter's numbers are the adapter file's (peft's count),
+    never the model's, and the model's weights are a one-line finding naming --file."""
+    folder, oracle = _need(made, "lora-beside-model")
+    assert (folder / "model.safetensors").exists()
+    target = where("lora-beside-model")
+    report = audit(target)
+    assert report.layout.kind == "peft-adapter" and report.checkpoint.target == target
+    assert report.counts.parameters == report.layout.adapter["parameters"] == oracle["trainable"]
+    assert report.layout.adapter["adapted_modules"] == 4
+    assert [f.path for f in report.checkpoint.files] == ["adapter_model.safetensors"]
+    noted = [f.message for f in report.checkpoint.findings if f.kind == "not-counted"]
+    assert noted == ["model.safetensors: a model's weights beside the adapter, not counted (--file model.safetensors counts them)"]
+    model = audit(target, file="model.safetensors")
+    assert model.layout is None and model.counts.parameters == oracle["base"]
 
 
 def test_lora_against_its_base_share_and_shape_check(made, where):
@@ -289,6 +328,29 @@ def test_names_from_the_layout_files_stay_inside():
     modules = [{"path": "", "type": "sentence_transformers.models.Transformer"}, {"path": "../x", "type": "D"}]
     p = plan({"modules.json": 1, "model.safetensors": 5}, lambda name: modules, "repo")
     assert [x.path for x in p.parts] == [""] and p.findings[0].kind == "unsafe-path"
+
+
+@pytest.mark.parametrize("where", ["plain-server", "hub-server"], indirect=True)
+@pytest.mark.parametrize("key", ["sd", "st", "st-sharded", "lora", "lora-beside-model", "gguf"])
+def test_hub_requests_are_the_whole_audits_and_the_repo_is_listed_once(made, key, where):
+    """`hub.requests` is every request the server answered for the audit: the first read that found no one model,
+    the plan, each part, and an adapter's base; the parts reuse the plan's listing."""
+    _need(made, key)
+    target = where(key)
+    report = audit(target)
+    log = where.server.settled()
+    assert report.checkpoint.origin["requests"] == len(log)
+    assert report.checkpoint.origin["bytes_received"] == sum(r.sent for r in log)
+    assert len([r for r in log if r.path.startswith(f"/api/models/{target}/")]) == 1
+
+
+def test_options_for_another_layout_are_said_not_used(made):
+    folder, _ = _need(made, "base")
+    report = audit(str(folder), variant="fp16", base=str(folder))
+    said = [f.message for f in report.checkpoint.findings if f.kind == "option-unused"]
+    assert len(said) == 2 and said[0].startswith("--variant fp16: applies to a diffusers pipeline")
+    assert said[1].startswith(f"--base {folder}: applies to a PEFT adapter")
+    assert CliRunner().invoke(main, [str(folder), "--base", str(folder), "--strict"]).exit_code == 4
 
 
 def test_plain_repos_get_no_plan():

@@ -10,7 +10,9 @@ measurements):
 2. an index answered: it is what :func:`ckptcount.targets.local.choose` picks whenever it exists, so no listing is fetched.
    The commit is the index's ``X-Repo-Commit`` (config.json is fetched again at it only if it came from another
    commit), the shard headers are fetched at the commit, all in parallel, and each shard's size is the total of its
-   ``Content-Range``. Requests: shards + 3, the single file's probe being a 404 (each shard also costs its 302 when
+   ``Content-Range``; beside them ``modules.json`` at the commit (a sentence-transformers model whose root module is
+   sharded: its other modules are then planned from the listing, by api). Requests: shards + 4, the single file's
+   probe and ``modules.json`` being 404s (each shard also costs its 302 when
    the Hub redirects to a CDN); round trips: 2, or 3 with the CDN hop. What the listing would add is not known:
    formats present but not counted, shards the index does not name, their sizes in the preflight (docs/hub.md,
    "Sharded repos without the listing");
@@ -35,7 +37,6 @@ audited is then read from huggingface_hub's downloaded copy, if it has one: :met
 
 from __future__ import annotations
 
-import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -43,15 +44,16 @@ from types import MappingProxyType
 from urllib.parse import quote
 
 from ..analysis.config import parse_config
-from ..errors import CkptError, ReadError, TargetNotFound, UnsafePath
+from ..errors import CkptError, TargetNotFound, UnsafePath
 from ..formats.base import LAYOUTS, is_index
 from ..formats.dispatch import read_file
 from ..records import Checkpoint, Finding
-from ..sources.files import entries, inside, ref_commit
 from ..sources.http import EntryNotFound, HttpFile, HubClient, NetworkError, OfflineError, Unreachable
 from . import cache
-from .hub_target import SHA, HubTarget, check_path, folders, hub_cache, join, offline, parse_target
-from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, load_local, parse_index, unreferenced_shards
+from .hub_target import SHA, HubTarget, check_path, folders, join, offline, parse_target
+from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index, unreferenced_shards
+from .repo import MAX_LAYOUT_JSON
+from .hub_copy import downloaded
 from .shards import read_all
 
 MAX_LISTING_BYTES = 64 * 1024 * 1024
@@ -68,6 +70,8 @@ class _Hub:
         self.folder = posixpath.dirname(t.path) if t.is_file else t.path
         self.client = None
         self.cached = False
+        self.modules_probe = None  # modules.json, fetched beside the shard headers of a repo read without its listing
+        self.seen: tuple[str, dict] | None = None  # (commit, the repo's listing) once known: a plan of its layout reuses it
 
     # -- naming
     def where(self, path: str) -> str:
@@ -153,6 +157,32 @@ class _Hub:
             return self.build(sha, files, {})
         return self.build(*self.first_fetch())
 
+    def run_listed(self, sha: str, files: dict[str, int | None]) -> Checkpoint:
+        """This target at the commit ``sha``, whose listing ``files`` is already known (a part of a planned repo,
+        :mod:`.hub_parts`): its cached headers, else ``config.json`` and the index or weight file that ``choose``
+        picks, probed together, then counted as :meth:`build` does; no second listing."""
+        t = self.t
+        entry = cache.load(t.endpoint, t.repo, sha, self.folder)
+        if entry is not None:  # the entry of this folder may hold other files (the plan's first read): then read anew
+            found = self.replay(entry, on_miss=lambda sha: None)
+            if found is not None:
+                return found
+            self.cached = False
+        prefix = f"{self.folder}/" if self.folder else ""
+        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        index, names, _ = self._layout(files, here, prefix)
+        self._client()
+        probes: dict = {}
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            if "config.json" in here:
+                probes[prefix + "config.json"] = pool.submit(self.small, prefix + "config.json", sha, MAX_CONFIG_BYTES)
+            if index is not None:
+                probes[prefix + index] = pool.submit(self.small, prefix + index, sha, MAX_INDEX_BYTES)
+            elif len(names) == 1:
+                probes[prefix + names[0]] = self._probe_file(pool, prefix + names[0], sha)
+            settled = {path: _usable(*_outcome(p), sha) for path, p in probes.items()}
+        return self.build(sha, files, settled)
+
     def first_fetch(self) -> tuple[str, dict[str, int | None] | None, dict]:
         """A revision not seen before: (commit sha, the listing or None, what the probes settled), by the plan in the
         module docstring. ``settled`` maps a path to its body (bytes), its :class:`HttpFile`, None (404 at the
@@ -183,6 +213,8 @@ class _Hub:
                 # The index is what `local.choose` picks whenever it exists: no listing. The commit is the index's
                 # X-Repo-Commit; the shards are fetched at it, their sizes come from Content-Range.
                 outcomes = {path: _outcome(p) for path, p in probes.items()}
+                if not t.is_file:
+                    self.modules_probe = _aside(self.small, join(self.folder, "modules.json", self.target), commit, MAX_LAYOUT_JSON)
                 return commit, None, {path: _usable(r, c, commit) for path, (r, c) in outcomes.items()}
             # Step 2, no index (or no usable answer): the listing decides what to count, as for a directory; it starts
             # as soon as the index's 404 is in (the single file's probe may still be on its CDN hop), at the commit
@@ -205,6 +237,8 @@ class _Hub:
         lacks is found by its 404, and the sizes come from ``Content-Range``."""
         prefix = f"{self.folder}/" if self.folder else ""
         listed = files is not None
+        if listed:
+            self.seen = (sha, files)
         here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]} if listed else {}
         index, names, findings = self._layout(files, here, prefix)
 
@@ -231,6 +265,7 @@ class _Hub:
             raise TargetNotFound(self.where(prefix + index), f"names shard {missing!r}, which the repo does not hold at {sha[:12]}") from None
         if not listed:  # what the listing would have said about the files read: the record kept for replays and preflight
             here = {index: len(index_raw), **({"config.json": len(config_raw)} if config_raw is not None else {}), **{n: s.size() for n, s in sources.items()}}
+            here.update(self._modules_file(findings))
             files = {prefix + n: size for n, size in sorted(here.items())}
         for src in sources.values():
             if src.range_ignored:
@@ -238,6 +273,20 @@ class _Hub:
         ck = self.finish(reads, config_raw, index, weight_map, index_meta, findings, here, sha, listed=listed)
         self._save(sha, files, config_raw, index_raw, sources, listed)
         return ck
+
+    def _modules_file(self, findings: list[Finding]) -> dict[str, int]:
+        """``{"modules.json": size}`` when the repo read without its listing is a sentence-transformers model (its
+        root module sharded): the probe made beside the shard headers found the file, and the audit (api) then plans
+        the repo's modules from the listing. Why only this file: the other layouts (a pipeline, an adapter, a set of
+        GGUF files) never hold ``model.safetensors.index.json`` at their top, so their repos are listed anyway."""
+        probe, self.modules_probe = self.modules_probe, None
+        if probe is None:
+            return {}
+        body, _ = _outcome(probe)
+        if isinstance(body, CkptError):
+            findings.append(Finding("not-listed", f"{body.where}: not fetched ({body.what}): the repo was read without its listing, so modules beside the model (sentence-transformers) were not looked for"))
+            return {}
+        return {"modules.json": len(body)} if isinstance(body, bytes) else {}
 
     def _layout(self, files: dict | None, here: dict, prefix: str) -> tuple[str | None, list[str], list[Finding]]:
         """(index file or None, weight files, findings): what to count, as ``local.choose`` decides for a folder."""
@@ -331,57 +380,24 @@ class _Hub:
             "bytes_received": c.bytes if c else 0,
             "listing": MappingProxyType(dict(here)),
             "listed": listed,  # False: `listing` names only the files read (a sharded repo read without the listing)
+            "repo_files": MappingProxyType(dict(self.seen[1])) if listed and self.seen and self.seen[0] == sha else None,
         }
         return replace(ck, origin=MappingProxyType(origin))
 
     def downloaded(self) -> Checkpoint | None:
-        """Without the network (offline, or the Hub unreachable) and without cached headers: this revision as
-        huggingface_hub downloaded it into its own cache (``hf download``, ``from_pretrained``), counted from those
-        files as a local folder is; None when it has none.
+        return downloaded(self.target, self.t, self.rev)
 
-        The snapshot is found as huggingface_hub finds it offline: ``<hub cache>/models--org--name/refs/<revision>``
-        names the commit (a commit sha names itself) and ``snapshots/<commit>/`` holds the files. A file or folder of
-        the target that was not downloaded is None too (a partial download that lacks a shard fails on that shard)."""
-        from huggingface_hub.file_download import repo_folder_name  # huggingface_hub's import is ~0.15 s: only here
-
-
-        t = self.t
-        repo = hub_cache() / repo_folder_name(repo_id=t.repo, repo_type="model")
-        try:
-            commit = ref_commit(repo, self.rev, str(repo))
-        except ReadError:  # an unreadable ref: as if there were no copy
-            return None
-        snapshot = inside(repo / "snapshots", commit, f"{repo}/refs/{self.rev}") if commit else None
-        if snapshot is None or not snapshot.is_dir():
-            return None
-        local = snapshot / t.path if t.path else snapshot  # t.path: a plain relative path (parse_target)
-        if not os.path.exists(local):
-            return None
-        ck = load_local(str(local))
-        folder = local if local.is_dir() else local.parent
-        listing = {e.name: e.stat().st_size for e in entries(folder, str(folder)) if e.is_file()}
-        origin = {
-            "endpoint": t.endpoint,
-            "repo": t.repo,
-            "revision": self.rev,
-            "sha": commit,
-            "path": t.path,
-            "cached": False,
-            "requests": 0,
-            "bytes_received": 0,
-            "listing": MappingProxyType(listing),
-            "listed": True,
-            "local_copy": str(local),
-        }
-        return replace(ck, target=self.target, origin=MappingProxyType(origin))
-
-    def replay(self, entry: dict) -> Checkpoint:
-        """Rebuild the Checkpoint from a cache entry: same bytes, same readers; a miss falls back to the network."""
+    def replay(self, entry: dict, on_miss=None) -> Checkpoint | None:
+        """Rebuild the Checkpoint from a cache entry: same bytes, same readers; a miss falls back to the network
+        (``on_miss(sha)``, by default a fresh listing and read)."""
+        on_miss = on_miss or self._refetch
         self.cached = True
         sha = entry["sha"]
         folder = self.folder
         prefix = f"{folder}/" if folder else ""
         files = entry["listing"]
+        if entry.get("listed", True) is not False:
+            self.seen = (sha, files)
         here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
         findings: list[Finding] = []
         index = weight_map = None
@@ -393,7 +409,7 @@ class _Hub:
             _, index, names, findings = choose(set(here), self.target, folders(files, prefix))
         if index is not None:
             if entry["index"] is None:  # the entry lacks what its listing says was read
-                return self._refetch(sha)
+                return on_miss(sha)
             weight_map, index_meta = parse_index(entry["index"], self.where(prefix + index))
             names = sorted(set(weight_map.values()))
             findings.extend(unreferenced_shards(here, names, index))
@@ -401,12 +417,12 @@ class _Hub:
         for n in names:
             f = entry["files"].get(n)
             if f is None:
-                return self._refetch(sha)
+                return on_miss(sha)
             src = cache.CachedFile(self.where(prefix + n), f["size"], f["segments"])
             try:
                 reads[n] = read_file(src, n, self.where(prefix + n))
             except cache.CacheMiss:
-                return self._refetch(sha)
+                return on_miss(sha)
         return self.finish(reads, entry["config"], index, weight_map, index_meta, findings, here, sha, listed=entry.get("listed", True) is not False)
 
     def _refetch(self, sha: str) -> Checkpoint:
@@ -429,6 +445,15 @@ class _Stale:
 
 
 _STALE = _Stale()
+
+
+def _aside(fn, *args):
+    """``fn(*args)`` started on a thread of its own, not waited for here: its future is read when its answer is needed."""
+    side = ThreadPoolExecutor(max_workers=1)
+    try:
+        return side.submit(fn, *args)
+    finally:
+        side.shutdown(wait=False)
 
 
 def _outcome(probe) -> tuple:
@@ -458,4 +483,11 @@ def _usable(result, commit: str | None, sha: str):
 def load_hub(target: str, revision: str | None = None, token: str | None = None) -> Checkpoint:
     """Read the headers of a Hub target (repo id, hf:// path or resolve URL). Raises :class:`CkptError`."""
     t = parse_target(target, revision)
-    return _Hub(target, t, token).run()
+    hub = _Hub(target, t, token)
+    try:
+        return hub.run()
+    except CkptError as e:  # what finding out cost, and the listing if one came: for the audit's totals and its plan
+        c = hub.client.counters if hub.client else None
+        e.spent = (c.requests, c.bytes) if c else (0, 0)
+        e.seen = hub.seen
+        raise

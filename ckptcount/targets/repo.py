@@ -79,6 +79,11 @@ def wanted(names) -> bool:
     return any(m in names for m in MARKERS) or len(gguf_groups(names)) > 1
 
 
+def weight_files(names) -> list[str]:
+    """The names that are weights (a safetensors, pytorch or GGUF file, or an index of them), not auxiliary files."""
+    return [n for n in names if format_of(n) in ("safetensors", "pytorch", "gguf") and not auxiliary(n) and (not n.endswith(".json") or is_index(n))]
+
+
 def gguf_groups(names) -> dict[str, list[str]]:
     """The GGUF files at the top, as sets: a split set (``x-00001-of-00003.gguf``...) is one entry, under its first
     shard's name; every other ``.gguf`` file is its own. Empty when other weights are there: those are counted."""
@@ -110,7 +115,11 @@ def _plan(listing, read_json, where: str, variant: str | None) -> Plan | None:
         settings = read_json("adapter_config.json")
         if not isinstance(settings, dict):
             raise ConfigError(f"{where}/adapter_config.json", "not a JSON object")
-        return Plan("peft-adapter", "adapter_config.json", (Part("adapter", "", "adapter", "peft"),), settings=settings)
+        weights = next(w for w in ADAPTER_WEIGHTS if w in top)
+        # a model's own weights beside the adapter (a merged copy pushed with it): said, never counted as the adapter
+        others = sorted(n for n in weight_files(top) if n not in ADAPTER_WEIGHTS)
+        findings = (Finding("not-counted", f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}: a model's weights beside the adapter, not counted (--file {others[0]} counts them)"),) if others else ()
+        return Plan("peft-adapter", "adapter_config.json", (Part("adapter", weights, "adapter", "peft"),), settings=settings, findings=findings)
     groups = gguf_groups(top)
     if len(groups) > 1:
         parts = tuple(Part(first, first, "quantization", "llama.cpp") for first in groups)
@@ -199,7 +208,7 @@ def _sentence_transformers(listing, modules, where: str) -> Plan:
             continue
         prefix = f"{path}/" if path else ""
         here = [p[len(prefix) :] for p in listing if p.startswith(prefix) and "/" not in p[len(prefix) :]]
-        weights = [n for n in here if format_of(n) in ("safetensors", "pytorch") and not auxiliary(n) and (not n.endswith(".json") or is_index(n))]
+        weights = weight_files(here)
         if path == "" and any(w in here for w in ADAPTER_WEIGHTS):
             weights = [w for w in weights if w not in ADAPTER_WEIGHTS] or weights
         label = path or str(m.get("name", "0"))
