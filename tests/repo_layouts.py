@@ -130,3 +130,31 @@ def gguf_set(folder: Path, names=("tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"), *, tied
         reader = gguf.GGUFReader(path)
         out[name] = {"bytes": path.stat().st_size, "parameters": int(sum(int(x.n_elements) for x in reader.tensors))}
     return out
+
+
+def gguf_f32_set(folder: Path) -> dict:
+    """Two F32 GGUF files of one tiny model, each storing its output head: in one a byte-identical copy of the token
+    embedding, in the other a different matrix; the oracle is numpy's Pearson r of the two tensors as gguf.GGUFReader
+    reads them back."""
+    import gguf
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((16, 8)).astype(np.float32)
+    out = {}
+    for name, head in (("tiny-F32.gguf", embedding), ("tiny-F32-retrained.gguf", rng.standard_normal((16, 8)).astype(np.float32))):
+        w = gguf.GGUFWriter(str(folder / name), "llama")
+        w.add_block_count(1)
+        w.add_embedding_length(8)
+        w.add_context_length(64)
+        w.add_tensor("token_embd.weight", embedding)
+        w.add_tensor("output_norm.weight", np.ones(8, np.float32))
+        w.add_tensor("output.weight", head)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        t = {x.name: np.asarray(x.data, dtype=np.float64).ravel() for x in gguf.GGUFReader(folder / name).tensors}
+        out[name] = float(np.corrcoef(t["token_embd.weight"], t["output.weight"])[0, 1])
+    return out

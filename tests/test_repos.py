@@ -47,6 +47,7 @@ def made(tmp_path_factory):
     if _has("gguf"):
         out["gguf"] = (root / "quants", L.gguf_set(root / "quants"))
         out["gguf-mixed"] = (root / "mixed", L.gguf_set(root / "mixed", ("a-Q8_0.gguf", "b-Q8_0.gguf"), tied=(True, False)))
+        out["gguf-f32"] = (root / "f32", L.gguf_f32_set(root / "f32"))
     return out
 
 
@@ -116,6 +117,35 @@ def test_pipeline_counts_each_component_like_the_instantiated_modules(made, wher
     if hasattr(where, "server"):  # range requests only (these files are smaller than one first block: read whole)
         weights = [r for r in where.server.requests() if r.path.endswith(".safetensors")]
         assert len({r.path.rsplit("/", 2)[-2] for r in weights if r.status == 206}) == 3 and all(r.range for r in weights)
+
+
+def test_pipeline_components_match_their_saved_configs_built_on_the_meta_device(made):
+    """A second oracle, from the saved folder alone: each component's class (as model_index.json names it) built from
+    its own saved config on the meta device, where nothing is allocated."""
+    import importlib
+
+    import torch
+
+    _need(made, "sd")
+    folder, _ = made["sd"]
+    index = json.loads((folder / "model_index.json").read_text())
+    expected = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] not in ("diffusers", "transformers"):
+            continue
+        cls = getattr(importlib.import_module(entry[0]), entry[1])
+        if not hasattr(cls, "parameters"):
+            continue  # a scheduler or tokenizer
+        with torch.device("meta"):
+            if entry[0] == "diffusers":
+                module = cls.from_config(cls.load_config(folder / name))
+            else:
+                from transformers import AutoConfig
+
+                module = cls._from_config(AutoConfig.from_pretrained(folder / name))
+        expected[name] = sum(p.numel() for p in module.parameters())
+    assert set(expected) == {"unet", "vae", "text_encoder"}
+    assert _components(audit(str(folder))) == expected
 
 
 def test_variant_picks_the_fp16_files(made, where):
@@ -294,8 +324,53 @@ def test_gguf_set_of_different_models_has_no_common_count(made):
     assert {c["component"]: c["parameters"] for c in t["components"]} == {n: o["parameters"] for n, o in oracle.items()}
     table = CliRunner().invoke(main, [str(folder)]).stdout
     assert "do not hold the same model" in table and "(total)" not in table
+    assert f"{folder.name}/a-Q8_0.gguf: tie token_embd.weight = output.weight: gguf: output.weight not stored" in table  # each file's ties
     r = CliRunner().invoke(main, ["diff", str(folder), str(folder)])
     assert r.exit_code == 2 and "holds 2 GGUF files" in r.stderr and "Traceback" not in r.output
+
+
+# ------------------------------------------------------------------------------------------------ --verify-ties
+
+
+def test_verify_ties_reads_each_file_of_a_set_against_its_own_bytes(made, where):
+    from ckptcount.verify.run import verify_report
+
+    _need(made, "gguf-f32")
+    folder, oracle = made["gguf-f32"]
+    report = verify_report(audit(where("gguf-f32")), device="cpu", backend="numpy")
+    assert report.verification is None  # the set has no one pair: each file has its own
+    checks = {c.name: c.report.verification.embedding_vs_head for c in report.layout.components}
+    assert {n: c.names for n, c in checks.items()} == {n: ("token_embd.weight", "output.weight") for n in oracle}
+    assert {n: c.pearson_r for n, c in checks.items()} == pytest.approx(oracle, abs=1e-9)
+    assert checks["tiny-F32.gguf"].identical and not checks["tiny-F32-retrained.gguf"].identical
+    assert all(c.bytes_read == 2 * 16 * 8 * 4 for c in checks.values())  # the two tensors, nothing else
+    said = [f.message for f in report.checkpoint.findings if f.kind == "untied-but-identical"]
+    assert len(said) == 1 and said[0].startswith("tiny-F32.gguf: output.weight is a byte-identical copy of token_embd.weight")
+    if hasattr(where, "server"):  # the tensors by range requests, like the headers
+        assert all(r.range for r in where.server.requests() if r.path.endswith(".gguf"))
+
+
+def test_verify_ties_on_several_models_in_the_cli(made):
+    _need(made, "gguf-f32")
+    _need(made, "sd")
+    folder = made["gguf-f32"][0]
+    r = CliRunner().invoke(main, [str(folder), "--verify-ties", "--device", "cpu", "--strict"])
+    assert r.exit_code == 4, r.output
+    assert f"{folder.name}/tiny-F32.gguf: verify token_embd.weight vs output.weight: r=1.000000000, max |diff| 0, identical bytes" in r.stdout
+    assert f"{folder.name}/tiny-F32-retrained.gguf: verify token_embd.weight vs output.weight: r=" in r.stdout
+    (t,) = json.loads(CliRunner().invoke(main, [str(folder), "--verify-ties", "--device", "cpu", "--format", "json"]).stdout)["targets"]
+    assert {c["component"]: c["embedding_vs_head"]["verification"]["identical"] for c in t["components"]} == {"tiny-F32.gguf": True, "tiny-F32-retrained.gguf": False}
+    # a pipeline without a head or a tie: each component says there was nothing to compare, none is left silent
+    sd = made["sd"][0]
+    r = CliRunner().invoke(main, [str(sd), "--verify-ties", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stdout.splitlines() if ": verify" in line]
+    assert len(lines) == 3 and all(": nothing to compare: " in line for line in lines)
+    from safetensors import safe_open
+
+    with safe_open(sd / "text_encoder" / "model.safetensors", "np") as f:
+        (embedding,) = [k for k in f.keys() if k.endswith("token_embedding.weight")]
+    assert f"{sd.name}/text_encoder: verify: nothing to compare: {embedding} has no output head beside it" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------------ the plan, pure

@@ -43,7 +43,7 @@ def combine(target: str, layout: RepoLayout, findings: tuple[Finding, ...] = (),
     for c in comps:
         ck, pre = c.report.checkpoint, _prefix(c)
         files += [_file(f, pre) for f in ck.files]
-        notes += [Finding(f.kind, f"{c.name or 'root module'}: {f.message}") for f in ck.findings]
+        notes += [said_by(c, f) for f in ck.findings]
         if layout.alternatives:
             continue
         tensors += [t._replace(name=pre + t.name, file=pre + t.file) for t in ck.tensors]
@@ -61,6 +61,11 @@ def combine(target: str, layout: RepoLayout, findings: tuple[Finding, ...] = (),
     )
     counts = common(comps) if layout.alternatives else add([(_prefix(c), c.report.counts) for c in comps])
     return Report(checkpoint=checkpoint, classified=tuple(classified), ties=tuple(ties), counts=counts, layout=layout)
+
+
+def said_by(c: Component, f: Finding) -> Finding:
+    """A component's finding as the total says it: named after the component."""
+    return Finding(f.kind, f"{c.name or 'root module'}: {f.message}")
 
 
 def _prefix(c: Component) -> str:

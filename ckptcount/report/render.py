@@ -277,7 +277,9 @@ def notes(report: Report) -> list[str]:
     """Lines under the table: each tie's evidence, each finding, and an index that claims another count."""
     label = _label(report.checkpoint.target)
     out = layout.notes(report, safe(label), safe, _n)
-    out += [f"{safe(label)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in report.ties]
+    alternatives = report.layout is not None and report.layout.alternatives  # each file's ties, not the set's
+    for name, r in layout.columns(report, label) if alternatives else [(label, report)]:
+        out += [f"{safe(name)}: tie {' = '.join(safe(n) for n in g.names)}: {safe(g.evidence)}" for g in r.ties]
     claimed = _claimed_parameters(report.checkpoint)
     if claimed is not None and claimed != report.counts.parameters:
         out.append(
@@ -289,8 +291,13 @@ def notes(report: Report) -> list[str]:
         why = f"the Hub could not be reached ({origin['unreachable']})" if origin.get("unreachable") else "offline"
         what = f"the downloaded copy in {origin['local_copy']}" if origin.get("local_copy") else f"the headers cached for commit {origin.get('sha')}"
         out.insert(0, f"{safe(label)}: {safe(why)}: read {safe(what)}")
-    if report.verification is not None and report.verification.embedding_vs_head is not None:
-        out.append(_check_note(safe(label), report.verification.embedding_vs_head))
+    for name, r in layout.columns(report, label):  # the target itself, or each component of several models
+        v = r.verification
+        if v is not None and v.embedding_vs_head is not None:
+            out.append(_check_note(safe(name), v.embedding_vs_head))
+        elif v is not None and not v.ties:
+            what = f"{safe(v.embedding)} has no output head beside it" if v.embedding else "no token embedding or output head"
+            out.append(f"{safe(name)}: verify: nothing to compare: {what}, and no tensors are tied")
     if report.preflight is not None:  # --context: how the KV cache was sized
         from ..analysis.preflight import notes as preflight_notes
 

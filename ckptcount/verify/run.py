@@ -20,6 +20,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from ..analysis.classify import component_of
+from ..analysis.combine import said_by
 from ..analysis.config import tie_setting
 from ..errors import CkptError
 from ..records import BUFFER, OUTPUT_HEAD, TOKEN_EMBEDDING, ContentCheck, Finding, Report, TieGroup, Verification
@@ -72,8 +73,14 @@ def verify_report(
     progress: Progress | None = None,
     token: str | None = None,
 ) -> Report:
-    """A new Report with ``verification`` set and the audit findings appended to its checkpoint's findings."""
+    """A new Report with ``verification`` set and the audit findings appended to its checkpoint's findings.
+
+    A target of several models (a pipeline, sentence-transformers modules, a set of GGUF files) is verified component
+    by component, each against its own files: each has its own embedding, head and ties. The total's ``verification``
+    stays None; each component's findings are added to the total's, named after the component."""
     engine = engine or resolve(device, backend)
+    if report.layout is not None and report.layout.components:
+        return _each_component(report, engine=engine, block_bytes=block_bytes, workers=workers, progress=progress, token=token)
     ck = report.checkpoint
     if open_source is None:
         open_source = opener(ck, token)
@@ -119,6 +126,17 @@ def verify_report(
     )
     new_ck = replace(ck, findings=ck.findings + tuple(findings))
     return replace(report, checkpoint=new_ck, verification=verification)
+
+
+def _each_component(report: Report, **kwargs) -> Report:
+    lay, comps, added = report.layout, [], []
+    for c in lay.components:
+        before = len(c.report.checkpoint.findings)
+        verified = verify_report(c.report, **kwargs)
+        comps.append(replace(c, report=verified))
+        added += [said_by(c, f) for f in verified.checkpoint.findings[before:]]
+    ck = replace(report.checkpoint, findings=report.checkpoint.findings + tuple(added))
+    return replace(report, checkpoint=ck, layout=replace(lay, components=tuple(comps)))
 
 
 class _Checks:
