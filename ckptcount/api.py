@@ -170,16 +170,28 @@ def _read(target: str, revision, token, variant, base) -> tuple[Report, dict | N
     planned, pinned, origin = found
     from .targets.hub_parts import load_part
 
-    if checkpoint is not None and all(p.path and [f.path for f in checkpoint.files] != [p.path] for p in planned.parts):  # read, not a part: its requests still count
+    def first_read_is(part) -> bool:  # the root module (sentence-transformers) or the adapter: already read
+        return checkpoint is not None and (not part.path or [f.path for f in checkpoint.files] == [part.path])
+
+    if checkpoint is not None and not any(map(first_read_is, planned.parts)):  # read, not a part: its requests still count
         spent = (checkpoint.origin.get("requests", 0), checkpoint.origin.get("bytes_received", 0))
-    origin = {**origin, "requests": origin["requests"] + spent[0], "bytes_received": origin["bytes_received"] + spent[1]}
+    origin = _plus(origin, [spent])
 
     def read(part):
-        if checkpoint is not None and (not part.path or [f.path for f in checkpoint.files] == [part.path]):
-            return checkpoint  # the root module (sentence-transformers) or the adapter: already read
+        if first_read_is(part):
+            return checkpoint
         return load_part(pinned, part, token, planned.listing)
 
     return parts(target, planned, read, base, token, origin), dict(planned.listing)
+
+
+def _plus(origin, spent: list[tuple[int, int]]) -> dict:
+    """A Hub origin with the (requests, bytes received) of other reads of the same audit added to its own."""
+    return {
+        **origin,
+        "requests": origin.get("requests", 0) + sum(r for r, _ in spent),
+        "bytes_received": origin.get("bytes_received", 0) + sum(b for _, b in spent),
+    }
 
 
 def _unused(report: Report, variant: str | None, base: str | None) -> Report:
@@ -261,12 +273,8 @@ def _adapter(checkpoint: Checkpoint, settings, base: str | None, token: str | No
     if ck.origin:
         from types import MappingProxyType
 
-        spent = [o for o in (plan_origin, base_report.checkpoint.origin if base_report else None) if o]
-        ck = dataclasses.replace(ck, origin=MappingProxyType({
-            **ck.origin,
-            "requests": ck.origin.get("requests", 0) + sum(o.get("requests", 0) for o in spent) + base_spent[0],
-            "bytes_received": ck.origin.get("bytes_received", 0) + sum(o.get("bytes_received", 0) for o in spent) + base_spent[1],
-        }))
+        spent = [(o.get("requests", 0), o.get("bytes_received", 0)) for o in (plan_origin, base_report.checkpoint.origin if base_report else None) if o]
+        ck = dataclasses.replace(ck, origin=MappingProxyType(_plus(ck.origin, spent + [base_spent])))
     layout = RepoLayout("peft-adapter", "adapter_config.json", adapter=info)
     return dataclasses.replace(report, checkpoint=ck, layout=layout)
 

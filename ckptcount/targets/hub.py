@@ -52,8 +52,8 @@ from ..sources.http import EntryNotFound, HttpFile, HubClient, NetworkError, Off
 from . import cache
 from .hub_target import SHA, HubTarget, check_path, folders, join, offline, parse_target
 from .local import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, assemble, choose, parse_index, unreferenced_shards
-from .repo import MAX_LAYOUT_JSON
 from .hub_copy import downloaded
+from .repo import MAX_LAYOUT_JSON
 from .shards import read_all
 
 MAX_LISTING_BYTES = 64 * 1024 * 1024
@@ -169,7 +169,7 @@ class _Hub:
                 return found
             self.cached = False
         prefix = f"{self.folder}/" if self.folder else ""
-        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        here = _top(files, prefix)
         index, names, _ = self._layout(files, here, prefix)
         self._client()
         probes: dict = {}
@@ -239,7 +239,7 @@ class _Hub:
         listed = files is not None
         if listed:
             self.seen = (sha, files)
-        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]} if listed else {}
+        here = _top(files, prefix) if listed else {}
         index, names, findings = self._layout(files, here, prefix)
 
         def raw(path: str, limit: int) -> bytes | None:
@@ -398,7 +398,7 @@ class _Hub:
         files = entry["listing"]
         if entry.get("listed", True) is not False:
             self.seen = (sha, files)
-        here = {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
+        here = _top(files, prefix)
         findings: list[Finding] = []
         index = weight_map = None
         index_meta: dict = {}
@@ -445,6 +445,11 @@ class _Stale:
 
 
 _STALE = _Stale()
+
+
+def _top(files: dict[str, int | None], prefix: str) -> dict[str, int | None]:
+    """The files of a repo listing directly in the folder ``prefix`` names (``""``: the top), by their names there."""
+    return {p[len(prefix) :]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]}
 
 
 def _aside(fn, *args):

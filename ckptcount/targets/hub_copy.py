@@ -24,7 +24,6 @@ def downloaded(target: str, t: HubTarget, rev: str) -> Checkpoint | None:
     the target that was not downloaded is None too (a partial download that lacks a shard fails on that shard)."""
     from huggingface_hub.file_download import repo_folder_name  # huggingface_hub's import is ~0.15 s: only here
 
-
     repo = hub_cache() / repo_folder_name(repo_id=t.repo, repo_type="model")
     try:
         commit = ref_commit(repo, rev, str(repo))
